@@ -1,0 +1,611 @@
+//! Start-up parameters: `key=value` arguments, parsed and checked before the broker
+//! creates anything.
+//!
+//! Input comes from the administrator's command line (trusted, but checked so that a
+//! mistake is reported with the key, the value and what is accepted).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::sandbox::SandboxMode;
+
+/// Broker parameters after parsing. Field names follow the `key=value` names.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket_path: PathBuf,
+    /// Prefix of the POSIX message queue name; a random suffix is appended.
+    pub mq_name: String,
+    /// `None` logs to stderr.
+    pub log_file: Option<PathBuf>,
+    pub max_connections: usize,
+    /// Mode of the socket file, for example 0o660.
+    pub socket_permissions: u32,
+    pub authorised_peer_username: Option<String>,
+    pub authorised_peer_uid: Option<u32>,
+    pub authorised_peer_gid: Option<u32>,
+    pub authorised_peer_pid: Option<i32>,
+    pub authorised_peer_process_name: Option<String>,
+    pub verbosity: tracing::Level,
+    pub policy_dir: PathBuf,
+    pub unprivileged_user: String,
+    pub pool_size: usize,
+    /// Time a client has to deliver one complete request frame, and to read one reply.
+    pub request_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub max_requests_per_connection: u32,
+    /// Time running scripts get to finish after SIGTERM before their groups are killed.
+    pub shutdown_grace: Duration,
+    pub sandbox: SandboxMode,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            socket_path: PathBuf::from("/run/secure_socket/broker.sock"),
+            mq_name: "/secure_socket".to_string(),
+            log_file: None,
+            max_connections: 64,
+            socket_permissions: 0o660,
+            authorised_peer_username: None,
+            authorised_peer_uid: None,
+            authorised_peer_gid: None,
+            authorised_peer_pid: None,
+            authorised_peer_process_name: None,
+            verbosity: tracing::Level::INFO,
+            policy_dir: PathBuf::from("/etc/secure_socket/policy.d"),
+            unprivileged_user: "nobody".to_string(),
+            pool_size: 4,
+            request_timeout: Duration::from_millis(10_000),
+            max_frame_bytes: 65_536,
+            max_requests_per_connection: 100,
+            shutdown_grace: Duration::from_millis(5_000),
+            sandbox: SandboxMode::Strict,
+        }
+    }
+}
+
+/// A rejected parameter. The message names the key, the value and what is accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid argument {argument:?}: expected key=value")]
+    NotKeyValue { argument: String },
+    #[error("unknown parameter {key:?}; run `secure_socket --help` for the list of parameters")]
+    UnknownKey { key: String },
+    #[error("parameter {key} given twice")]
+    Duplicate { key: String },
+    #[error("invalid value {value:?} for {key}: expected {expected}")]
+    InvalidValue {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{key}={value} is not supported: {reason}")]
+    Unsupported {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("conflicting parameters: {reason}")]
+    Conflict { reason: String },
+}
+
+/// One documented parameter, for `--help`.
+pub struct ParameterDoc {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+/// Every parameter the broker accepts, with its default and unit.
+pub const PARAMETERS: &[ParameterDoc] = &[
+    ParameterDoc {
+        key: "socket_path",
+        default: "/run/secure_socket/broker.sock",
+        help: "absolute path of the listening unix socket",
+    },
+    ParameterDoc {
+        key: "policy_dir",
+        default: "/etc/secure_socket/policy.d",
+        help: "directory whose *.toml files define the commands (root-owned)",
+    },
+    ParameterDoc {
+        key: "unprivileged_user",
+        default: "nobody",
+        help: "user the parser children run as (name or uid, not root)",
+    },
+    ParameterDoc {
+        key: "log_file",
+        default: "(stderr)",
+        help: "absolute path of the log file, appended to",
+    },
+    ParameterDoc {
+        key: "verbosity",
+        default: "info",
+        help: "error, warn, info, debug or trace (or 0 to 4)",
+    },
+    ParameterDoc {
+        key: "mq_name",
+        default: "/secure_socket",
+        help: "prefix of the audit message queue name; a random suffix is added",
+    },
+    ParameterDoc {
+        key: "domain",
+        default: "unix",
+        help: "socket domain; only unix (AF_UNIX) is supported",
+    },
+    ParameterDoc {
+        key: "protocol",
+        default: "stream",
+        help: "socket type; only stream (SOCK_STREAM, as varlink requires)",
+    },
+    ParameterDoc {
+        key: "max_connections",
+        default: "64",
+        help: "connections served at once and the listen backlog (1 to 4096)",
+    },
+    ParameterDoc {
+        key: "socket_permissions",
+        default: "0660",
+        help: "octal mode of the socket file (at most 0777)",
+    },
+    ParameterDoc {
+        key: "authorised_peer_username",
+        default: "(any)",
+        help: "only this user may connect; also sets the socket's group",
+    },
+    ParameterDoc {
+        key: "authorised_peer_uid",
+        default: "(any)",
+        help: "only this uid may connect",
+    },
+    ParameterDoc {
+        key: "authorised_peer_gid",
+        default: "(any)",
+        help: "only peers with this primary gid may connect; also the socket's group",
+    },
+    ParameterDoc {
+        key: "authorised_peer_pid",
+        default: "(any)",
+        help: "only this process id may connect",
+    },
+    ParameterDoc {
+        key: "authorised_peer_process_name",
+        default: "(any)",
+        help: "only peers whose executable has this file name may connect",
+    },
+    ParameterDoc {
+        key: "pool_size",
+        default: "4",
+        help: "parser children started ahead of connections (1 to 256)",
+    },
+    ParameterDoc {
+        key: "request_timeout_ms",
+        default: "10000",
+        help: "milliseconds a client has to send one request or read one reply",
+    },
+    ParameterDoc {
+        key: "max_frame_bytes",
+        default: "65536",
+        help: "largest request frame in bytes (1024 to 1048576)",
+    },
+    ParameterDoc {
+        key: "max_requests_per_connection",
+        default: "100",
+        help: "requests served on one connection before it is closed",
+    },
+    ParameterDoc {
+        key: "shutdown_grace_ms",
+        default: "5000",
+        help: "milliseconds running scripts get after SIGTERM before they are killed",
+    },
+    ParameterDoc {
+        key: "sandbox",
+        default: "strict",
+        help: "strict: refuse to start without landlock and seccomp; best-effort: warn",
+    },
+];
+
+impl Config {
+    /// Parses `key=value` arguments on top of the defaults.
+    pub fn from_args<I, S>(args: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut config = Config::default();
+        let mut seen: Vec<String> = Vec::new();
+        for argument in args {
+            let argument = argument.as_ref();
+            let Some((key, value)) = argument.split_once('=') else {
+                return Err(ConfigError::NotKeyValue {
+                    argument: argument.to_string(),
+                });
+            };
+            if seen.iter().any(|k| k == key) {
+                return Err(ConfigError::Duplicate {
+                    key: key.to_string(),
+                });
+            }
+            seen.push(key.to_string());
+            config.set(key, value)?;
+        }
+        config.check_combinations()?;
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "socket_path" => self.socket_path = parse_absolute_path("socket_path", value)?,
+            "policy_dir" => self.policy_dir = parse_absolute_path("policy_dir", value)?,
+            "log_file" => {
+                self.log_file = if value.is_empty() {
+                    None
+                } else {
+                    Some(parse_absolute_path("log_file", value)?)
+                }
+            }
+            "mq_name" => self.mq_name = parse_mq_name(value)?,
+            "domain" => parse_domain(value)?,
+            "protocol" => parse_protocol(value)?,
+            "max_connections" => {
+                self.max_connections = parse_in_range(
+                    "max_connections",
+                    value,
+                    1,
+                    4096,
+                    "an integer from 1 to 4096",
+                )?
+            }
+            "socket_permissions" => self.socket_permissions = parse_mode(value)?,
+            "authorised_peer_username" => {
+                self.authorised_peer_username = Some(parse_name("authorised_peer_username", value)?)
+            }
+            "authorised_peer_uid" => {
+                self.authorised_peer_uid = Some(parse_id("authorised_peer_uid", value)?)
+            }
+            "authorised_peer_gid" => {
+                self.authorised_peer_gid = Some(parse_id("authorised_peer_gid", value)?)
+            }
+            "authorised_peer_pid" => {
+                let pid = parse_in_range(
+                    "authorised_peer_pid",
+                    value,
+                    1,
+                    4_194_304,
+                    "a process id from 1 to 4194304",
+                )?;
+                self.authorised_peer_pid = Some(pid as i32);
+            }
+            "authorised_peer_process_name" => {
+                self.authorised_peer_process_name = Some(parse_process_name(value)?)
+            }
+            "verbosity" => self.verbosity = parse_verbosity(value)?,
+            "unprivileged_user" => self.unprivileged_user = parse_name("unprivileged_user", value)?,
+            "pool_size" => {
+                self.pool_size =
+                    parse_in_range("pool_size", value, 1, 256, "an integer from 1 to 256")?
+            }
+            "request_timeout_ms" => {
+                let ms = parse_in_range(
+                    "request_timeout_ms",
+                    value,
+                    10,
+                    3_600_000,
+                    "milliseconds from 10 to 3600000",
+                )?;
+                self.request_timeout = Duration::from_millis(ms as u64);
+            }
+            "max_frame_bytes" => {
+                self.max_frame_bytes = parse_in_range(
+                    "max_frame_bytes",
+                    value,
+                    1024,
+                    1_048_576,
+                    "bytes from 1024 to 1048576",
+                )?
+            }
+            "max_requests_per_connection" => {
+                self.max_requests_per_connection = parse_in_range(
+                    "max_requests_per_connection",
+                    value,
+                    1,
+                    1_000_000,
+                    "an integer from 1 to 1000000",
+                )? as u32
+            }
+            "shutdown_grace_ms" => {
+                let ms = parse_in_range(
+                    "shutdown_grace_ms",
+                    value,
+                    0,
+                    600_000,
+                    "milliseconds from 0 to 600000",
+                )?;
+                self.shutdown_grace = Duration::from_millis(ms as u64);
+            }
+            "sandbox" => {
+                self.sandbox = value.parse().map_err(|_| ConfigError::InvalidValue {
+                    key: "sandbox",
+                    value: value.to_string(),
+                    expected: "strict or best-effort",
+                })?
+            }
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    key: key.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn check_combinations(&self) -> Result<(), ConfigError> {
+        if self.log_file.as_deref() == Some(self.socket_path.as_path()) {
+            return Err(ConfigError::Conflict {
+                reason: "log_file and socket_path are the same path".to_string(),
+            });
+        }
+        if self
+            .socket_path
+            .parent()
+            .is_none_or(|p| p == std::path::Path::new("/"))
+        {
+            return Err(ConfigError::Conflict {
+                reason: format!(
+                    "socket_path {:?} must be inside a directory other than /",
+                    self.socket_path
+                ),
+            });
+        }
+        if self.unprivileged_user == "root" || self.unprivileged_user == "0" {
+            return Err(ConfigError::Conflict {
+                reason: "unprivileged_user must not be root".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn invalid(key: &'static str, value: &str, expected: &'static str) -> ConfigError {
+    ConfigError::InvalidValue {
+        key,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn parse_absolute_path(key: &'static str, value: &str) -> Result<PathBuf, ConfigError> {
+    let expected = "an absolute path without \"..\" components or control characters";
+    let path = std::path::Path::new(value);
+    let has_parent_component = path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir));
+    if !path.is_absolute() || has_parent_component || value.chars().any(char::is_control) {
+        return Err(invalid(key, value, expected));
+    }
+    Ok(path.to_path_buf())
+}
+
+fn parse_mq_name(value: &str) -> Result<String, ConfigError> {
+    let expected = "a name starting with / followed by 1 to 200 letters, digits, '_', '-' or '.'";
+    let Some(rest) = value.strip_prefix('/') else {
+        return Err(invalid("mq_name", value, expected));
+    };
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if rest.is_empty() || rest.len() > 200 || !rest.chars().all(valid_char) {
+        return Err(invalid("mq_name", value, expected));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_domain(value: &str) -> Result<(), ConfigError> {
+    match value {
+        "unix" | "AF_UNIX" | "local" | "AF_LOCAL" => Ok(()),
+        "inet" | "AF_INET" | "inet6" | "AF_INET6" => Err(ConfigError::Unsupported {
+            key: "domain",
+            value: value.to_string(),
+            reason: "an internet socket carries no kernel-verified peer identity \
+                     (SO_PEERCRED), so the policy could not know who is asking; use domain=unix",
+        }),
+        _ => Err(invalid("domain", value, "unix")),
+    }
+}
+
+fn parse_protocol(value: &str) -> Result<(), ConfigError> {
+    match value {
+        "stream" | "SOCK_STREAM" | "0" => Ok(()),
+        "seqpacket" | "SOCK_SEQPACKET" | "dgram" | "SOCK_DGRAM" => Err(ConfigError::Unsupported {
+            key: "protocol",
+            value: value.to_string(),
+            reason: "the varlink protocol runs over a byte stream; use protocol=stream",
+        }),
+        _ => Err(invalid("protocol", value, "stream")),
+    }
+}
+
+fn parse_in_range(
+    key: &'static str,
+    value: &str,
+    min: usize,
+    max: usize,
+    expected: &'static str,
+) -> Result<usize, ConfigError> {
+    match value.parse::<usize>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(invalid(key, value, expected)),
+    }
+}
+
+fn parse_mode(value: &str) -> Result<u32, ConfigError> {
+    let expected =
+        "an octal mode from 0600 to 0777 that the owner can read and write, such as 0660";
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    if digits.is_empty() || digits.len() > 4 || !digits.chars().all(|c| ('0'..='7').contains(&c)) {
+        return Err(invalid("socket_permissions", value, expected));
+    }
+    let mode = u32::from_str_radix(digits, 8)
+        .map_err(|_| invalid("socket_permissions", value, expected))?;
+    if mode > 0o777 || mode & 0o600 != 0o600 {
+        return Err(invalid("socket_permissions", value, expected));
+    }
+    Ok(mode)
+}
+
+fn parse_id(key: &'static str, value: &str) -> Result<u32, ConfigError> {
+    let expected = "a numeric id from 0 to 4294967294, other than 65535";
+    match value.parse::<u32>() {
+        Ok(id) if id != u32::MAX && id != 65535 => Ok(id),
+        _ => Err(invalid(key, value, expected)),
+    }
+}
+
+fn parse_name(key: &'static str, value: &str) -> Result<String, ConfigError> {
+    let expected = "a user name of 1 to 32 letters, digits, '_', '-' or '.', or a numeric uid";
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if value.is_empty()
+        || value.len() > 32
+        || !value.chars().all(valid_char)
+        || value.starts_with('-')
+    {
+        return Err(invalid(key, value, expected));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_process_name(value: &str) -> Result<String, ConfigError> {
+    let expected = "an executable file name of 1 to 255 bytes without '/' or control characters";
+    if value.is_empty()
+        || value.len() > 255
+        || value.contains('/')
+        || value.chars().any(char::is_control)
+    {
+        return Err(invalid("authorised_peer_process_name", value, expected));
+    }
+    Ok(value.to_string())
+}
+
+fn parse_verbosity(value: &str) -> Result<tracing::Level, ConfigError> {
+    let level = match value {
+        "error" | "0" => tracing::Level::ERROR,
+        "warn" | "1" => tracing::Level::WARN,
+        "info" | "2" => tracing::Level::INFO,
+        "debug" | "3" => tracing::Level::DEBUG,
+        "trace" | "4" => tracing::Level::TRACE,
+        _ => {
+            return Err(invalid(
+                "verbosity",
+                value,
+                "error, warn, info, debug, trace or 0 to 4",
+            ));
+        }
+    };
+    Ok(level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::from_args(args.iter().copied())
+    }
+
+    #[test]
+    fn defaults_without_arguments() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.socket_permissions, 0o660);
+        assert_eq!(config.unprivileged_user, "nobody");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let error = parse(&["bogus=1"]).unwrap_err();
+        assert!(error.to_string().contains("\"bogus\""));
+    }
+
+    #[test]
+    fn inet_domain_rejected_with_reason() {
+        let error = parse(&["domain=inet"]).unwrap_err();
+        assert!(error.to_string().contains("SO_PEERCRED"));
+    }
+
+    #[test]
+    fn malformed_values_name_key_and_value() {
+        let cases = [
+            ("max_connections=abc", "max_connections", "abc"),
+            ("max_connections=0", "max_connections", "0"),
+            ("socket_permissions=0999", "socket_permissions", "0999"),
+            ("socket_permissions=0066", "socket_permissions", "0066"),
+            ("socket_path=relative.sock", "socket_path", "relative.sock"),
+            ("mq_name=no_slash", "mq_name", "no_slash"),
+            ("mq_name=/a/b", "mq_name", "/a/b"),
+            ("authorised_peer_uid=-1", "authorised_peer_uid", "-1"),
+            (
+                "authorised_peer_uid=4294967295",
+                "authorised_peer_uid",
+                "4294967295",
+            ),
+            ("verbosity=loud", "verbosity", "loud"),
+            ("sandbox=off", "sandbox", "off"),
+            ("request_timeout_ms=5", "request_timeout_ms", "5"),
+        ];
+        for (argument, key, value) in cases {
+            let message = parse(&[argument]).unwrap_err().to_string();
+            assert!(message.contains(key), "{argument}: {message}");
+            assert!(message.contains(value), "{argument}: {message}");
+            assert!(message.contains("expected"), "{argument}: {message}");
+        }
+    }
+
+    #[test]
+    fn duplicate_key_rejected() {
+        let error = parse(&["pool_size=2", "pool_size=3"]).unwrap_err();
+        assert_eq!(
+            error,
+            ConfigError::Duplicate {
+                key: "pool_size".to_string()
+            }
+        );
+    }
+
+    #[test]
+    fn root_as_unprivileged_user_rejected() {
+        assert!(parse(&["unprivileged_user=root"]).is_err());
+    }
+
+    #[test]
+    fn octal_mode_parsed() {
+        let config = parse(&["socket_permissions=0666"]).unwrap();
+        assert_eq!(config.socket_permissions, 0o666);
+    }
+
+    #[test]
+    fn every_parameter_is_documented() {
+        let config_keys = [
+            "socket_path=/run/x/s",
+            "policy_dir=/etc/p",
+            "unprivileged_user=nobody",
+            "log_file=/var/log/x",
+            "verbosity=debug",
+            "mq_name=/q",
+            "domain=unix",
+            "protocol=stream",
+            "max_connections=5",
+            "socket_permissions=0600",
+            "authorised_peer_username=www-data",
+            "authorised_peer_uid=33",
+            "authorised_peer_gid=33",
+            "authorised_peer_pid=1",
+            "authorised_peer_process_name=php",
+            "pool_size=2",
+            "request_timeout_ms=100",
+            "max_frame_bytes=4096",
+            "max_requests_per_connection=5",
+            "shutdown_grace_ms=10",
+            "sandbox=best-effort",
+        ];
+        assert!(parse(&config_keys).is_ok());
+        assert_eq!(PARAMETERS.len(), config_keys.len());
+    }
+}

@@ -1,0 +1,50 @@
+//! Log output of the monitor: `tracing` events written as one line each to log_file or
+//! stderr. Client-supplied strings reach the log only as `Debug`-formatted fields, which
+//! escape control characters and newlines, so a client cannot forge a log line.
+#![forbid(unsafe_code)]
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("failed to open log file {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to install the log subscriber: {0}")]
+    Install(String),
+}
+
+/// Installs the global subscriber at `level`, appending to `log_file` (created with mode
+/// 0640 when missing) or writing to stderr.
+pub fn init(log_file: Option<&Path>, level: tracing::Level) -> Result<(), LoggingError> {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_thread_ids(false);
+    let result = match log_file {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|source| LoggingError::Open {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            builder
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .try_init()
+        }
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+    result.map_err(|error| LoggingError::Install(error.to_string()))
+}

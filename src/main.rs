@@ -1,0 +1,103 @@
+//! Entry point: dispatches to the broker, the hidden parser-child role, the policy
+//! checker, or the command-line client.
+
+use std::process::ExitCode;
+
+use secure_socket::config::{Config, PARAMETERS};
+use secure_socket::{child, client, logging, monitor, policy};
+
+/// Exit status for invalid parameters.
+const EXIT_INVALID_PARAMETERS: u8 = 2;
+
+fn print_help() {
+    println!(
+        "secure_socket {}: a local access broker",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!();
+    println!("usage: secure_socket [key=value ...]        run the broker (as root)");
+    println!("       secure_socket check-policy DIR       validate a policy directory");
+    println!(
+        "       secure_socket call|list|describe ... call a running broker (see `secure_socket call --help`)"
+    );
+    println!();
+    println!("parameters:");
+    for parameter in PARAMETERS {
+        println!(
+            "  {:<30} {} (default: {})",
+            parameter.key, parameter.help, parameter.default
+        );
+    }
+    println!();
+    println!("signals: SIGTERM/SIGINT stop the broker, SIGHUP reloads the policy.");
+}
+
+fn check_policy(args: &[String]) -> ExitCode {
+    let [dir] = args else {
+        eprintln!("usage: secure_socket check-policy DIR");
+        return ExitCode::from(EXIT_INVALID_PARAMETERS);
+    };
+    match policy::load_dir(std::path::Path::new(dir)) {
+        Ok(policy) => {
+            println!("{dir}: valid, {} commands", policy.commands.len());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_broker(args: &[String]) -> ExitCode {
+    let config = match Config::from_args(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("secure_socket: {error}");
+            return ExitCode::from(EXIT_INVALID_PARAMETERS);
+        }
+    };
+    if let Err(error) = logging::init(config.log_file.as_deref(), config.verbosity) {
+        eprintln!("secure_socket: {error}");
+        return ExitCode::FAILURE;
+    }
+    match monitor::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "broker failed to start");
+            eprintln!("secure_socket: {error}");
+            if let Some(source) = std::error::Error::source(&error) {
+                eprintln!("  caused by: {source}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(first) = args.first() else {
+        return run_broker(&args);
+    };
+    let rest = &args[1..];
+    match first.as_str() {
+        child::ROLE_ARGUMENT => child::run(rest),
+        "--help" | "-h" | "help" => {
+            print_help();
+            ExitCode::SUCCESS
+        }
+        "--version" | "-V" => {
+            println!("secure_socket {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        "check-policy" => check_policy(rest),
+        "call" | "list" | "describe" => {
+            if rest.iter().any(|arg| arg == "--help" || arg == "-h") {
+                println!("{}", client::USAGE);
+                return ExitCode::SUCCESS;
+            }
+            client::main(first, rest)
+        }
+        _ => run_broker(&args),
+    }
+}

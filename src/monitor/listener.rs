@@ -1,0 +1,335 @@
+//! Creation of the listening socket: its directory, a stale socket from an earlier run,
+//! bind, owner, mode and listen.
+//!
+//! Every step works relative to a directory descriptor opened without following
+//! symlinks, so a link placed at the socket path or at any directory on the way is
+//! refused rather than followed. Input: the administrator's socket_path (trusted, checked).
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use nix::unistd::{Gid, Uid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("failed to open directory {path} without following symlinks")]
+    OpenDirectory {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("refusing socket directory {path}: {reason}")]
+    UnsafeDirectory { path: PathBuf, reason: String },
+    #[error("failed to create socket directory {path}")]
+    CreateDirectory {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("refusing to replace {path}: {reason}")]
+    UnsafeSocketPath { path: PathBuf, reason: String },
+    #[error("socket {path} is in use by a running process; stop it first")]
+    InUse { path: PathBuf },
+    #[error("failed to {step} socket {path}")]
+    Socket {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
+/// The bound, listening socket and the directory it lives in (kept open, so the socket
+/// can be removed at shutdown relative to the same directory).
+pub struct Listener {
+    pub socket: OwnedFd,
+    pub directory: OwnedFd,
+    pub name: CString,
+    pub path: PathBuf,
+}
+
+impl Listener {
+    /// Removes the socket file, relative to the directory opened at start.
+    pub fn remove_socket_file(&self) -> nix::Result<()> {
+        nix::unistd::unlinkat(
+            &self.directory,
+            self.name.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+    }
+}
+
+/// Creates the socket directory if needed, removes a stale socket, binds, sets group and
+/// mode, and listens.
+pub fn create(
+    socket_path: &Path,
+    socket_gid: u32,
+    mode: u32,
+    backlog: usize,
+) -> Result<Listener, ListenerError> {
+    let (directory_path, name) = split_socket_path(socket_path)?;
+    let directory = open_socket_directory(&directory_path)?;
+    remove_stale_socket(&directory, &name, socket_path)?;
+
+    let socket = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|source| socket_error("create", socket_path, source))?;
+
+    // bind() takes a path, so bind relative to the directory descriptor: change into it
+    // (the monitor is still single-threaded here), bind the bare name, change back. A
+    // restrictive umask keeps the socket private until its group and mode are set.
+    let old_umask = nix::sys::stat::umask(Mode::from_bits_truncate(0o177));
+    let bound = nix::unistd::fchdir(&directory).and_then(|()| {
+        let address = UnixAddr::new(Path::new(OsStr::from_bytes(name.as_bytes())))?;
+        socket::bind(socket.as_raw_fd(), &address)
+    });
+    nix::sys::stat::umask(old_umask);
+    let _ = nix::unistd::chdir("/");
+    bound.map_err(|source| socket_error("bind", socket_path, source))?;
+
+    nix::unistd::fchownat(
+        &directory,
+        name.as_c_str(),
+        Some(Uid::from_raw(0)),
+        Some(Gid::from_raw(socket_gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(|source| socket_error("set the group of", socket_path, source))?;
+    nix::sys::stat::fchmodat(
+        &directory,
+        name.as_c_str(),
+        Mode::from_bits_truncate(mode),
+        nix::sys::stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|source| socket_error("set the mode of", socket_path, source))?;
+
+    let backlog = socket::Backlog::new(backlog.min(i32::MAX as usize) as i32)
+        .map_err(|source| socket_error("listen on", socket_path, source))?;
+    socket::listen(&socket, backlog)
+        .map_err(|source| socket_error("listen on", socket_path, source))?;
+
+    Ok(Listener {
+        socket,
+        directory,
+        name,
+        path: socket_path.to_path_buf(),
+    })
+}
+
+fn socket_error(step: &'static str, path: &Path, source: nix::Error) -> ListenerError {
+    ListenerError::Socket {
+        step,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn split_socket_path(socket_path: &Path) -> Result<(PathBuf, CString), ListenerError> {
+    let unsafe_path = |reason: &str| ListenerError::UnsafeSocketPath {
+        path: socket_path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let name = socket_path
+        .file_name()
+        .ok_or_else(|| unsafe_path("the path has no file name"))?;
+    // sun_path holds 108 bytes including the terminating NUL.
+    if name.len() > 100 {
+        return Err(unsafe_path("the file name is longer than 100 bytes"));
+    }
+    let name = CString::new(name.as_bytes()).map_err(|_| unsafe_path("the name contains NUL"))?;
+    let directory = socket_path
+        .parent()
+        .ok_or_else(|| unsafe_path("the path has no directory"))?;
+    Ok((directory.to_path_buf(), name))
+}
+
+/// Opens `path` component by component from `/` with O_NOFOLLOW, creating the last
+/// component (mode 0755, owned by root) when it is missing.
+///
+/// Every directory on the way must be owned by root and not writable by group or others,
+/// except that a world-writable ancestor with the sticky bit (such as /tmp) is accepted
+/// because others cannot rename or remove what root created in it. The socket directory
+/// itself must be owned by root and writable by nobody else.
+fn open_socket_directory(path: &Path) -> Result<OwnedFd, ListenerError> {
+    let components: Vec<&OsStr> = path
+        .components()
+        .filter_map(|component| match component {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut current = nix::fcntl::open("/", flags, Mode::empty()).map_err(|source| {
+        ListenerError::OpenDirectory {
+            path: PathBuf::from("/"),
+            source,
+        }
+    })?;
+    let mut current_path = PathBuf::from("/");
+    check_ancestor(&current, &current_path)?;
+
+    for (index, name) in components.iter().enumerate() {
+        let is_last = index + 1 == components.len();
+        current_path.push(name);
+        let opened = nix::fcntl::openat(&current, *name, flags, Mode::empty());
+        let next = match opened {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) if is_last => {
+                nix::sys::stat::mkdirat(&current, *name, Mode::from_bits_truncate(0o755)).map_err(
+                    |source| ListenerError::CreateDirectory {
+                        path: current_path.clone(),
+                        source,
+                    },
+                )?;
+                nix::fcntl::openat(&current, *name, flags, Mode::empty()).map_err(|source| {
+                    ListenerError::OpenDirectory {
+                        path: current_path.clone(),
+                        source,
+                    }
+                })?
+            }
+            Err(nix::Error::ELOOP) | Err(nix::Error::ENOTDIR) => {
+                return Err(ListenerError::UnsafeDirectory {
+                    path: current_path,
+                    reason: "it is a symlink or not a directory".to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(ListenerError::OpenDirectory {
+                    path: current_path,
+                    source,
+                });
+            }
+        };
+        if is_last {
+            check_socket_directory(&next, &current_path)?;
+        } else {
+            check_ancestor(&next, &current_path)?;
+        }
+        current = next;
+    }
+    Ok(current)
+}
+
+fn stat_directory(fd: &OwnedFd, path: &Path) -> Result<FileStat, ListenerError> {
+    nix::sys::stat::fstat(fd).map_err(|source| ListenerError::OpenDirectory {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn check_ancestor(fd: &OwnedFd, path: &Path) -> Result<(), ListenerError> {
+    let stat = stat_directory(fd, path)?;
+    let unsafe_directory = |reason: String| ListenerError::UnsafeDirectory {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if stat.st_uid != 0 {
+        return Err(unsafe_directory(format!(
+            "it is owned by uid {}, not root",
+            stat.st_uid
+        )));
+    }
+    let writable_by_others = stat.st_mode & 0o022 != 0;
+    let sticky = stat.st_mode & libc::S_ISVTX != 0;
+    if writable_by_others && !sticky {
+        return Err(unsafe_directory(format!(
+            "it is writable by group or others (mode {:o}) without the sticky bit",
+            stat.st_mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+fn check_socket_directory(fd: &OwnedFd, path: &Path) -> Result<(), ListenerError> {
+    let stat = stat_directory(fd, path)?;
+    if stat.st_uid != 0 {
+        return Err(ListenerError::UnsafeDirectory {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it is owned by uid {}, not root; remove it or give it to root",
+                stat.st_uid
+            ),
+        });
+    }
+    if stat.st_mode & 0o022 != 0 {
+        return Err(ListenerError::UnsafeDirectory {
+            path: path.to_path_buf(),
+            reason: format!(
+                "it is writable by group or others (mode {:o}); use mode 0755",
+                stat.st_mode & 0o7777
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes a socket left by an earlier run: only a socket file owned by root, and only
+/// when nothing accepts connections on it. Anything else at the path is refused.
+fn remove_stale_socket(
+    directory: &OwnedFd,
+    name: &CString,
+    socket_path: &Path,
+) -> Result<(), ListenerError> {
+    let stat =
+        match nix::sys::stat::fstatat(directory, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(stat) => stat,
+            Err(nix::Error::ENOENT) => return Ok(()),
+            Err(source) => return Err(socket_error("inspect", socket_path, source)),
+        };
+    let file_type = SFlag::from_bits_truncate(stat.st_mode & libc::S_IFMT);
+    let refuse = |reason: &str| ListenerError::UnsafeSocketPath {
+        path: socket_path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    if file_type != SFlag::S_IFSOCK {
+        let what = if file_type == SFlag::S_IFLNK {
+            "it is a symlink"
+        } else {
+            "it is not a socket"
+        };
+        return Err(refuse(what));
+    }
+    if stat.st_uid != 0 {
+        return Err(refuse("the existing socket is not owned by root"));
+    }
+    if socket_is_live(directory, name) {
+        return Err(ListenerError::InUse {
+            path: socket_path.to_path_buf(),
+        });
+    }
+    nix::unistd::unlinkat(
+        directory,
+        name.as_c_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    )
+    .map_err(|source| socket_error("remove stale", socket_path, source))
+}
+
+/// Returns whether something accepts connections on the socket `name` in `directory`.
+/// Connects relative to the directory, like bind above (still single-threaded).
+fn socket_is_live(directory: &OwnedFd, name: &CString) -> bool {
+    let Ok(probe) = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    let connected = nix::unistd::fchdir(directory).and_then(|()| {
+        let address = UnixAddr::new(Path::new(OsStr::from_bytes(name.as_bytes())))?;
+        socket::connect(probe.as_raw_fd(), &address)
+    });
+    let _ = nix::unistd::chdir("/");
+    connected.is_ok()
+}

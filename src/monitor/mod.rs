@@ -1,0 +1,461 @@
+//! The privileged monitor: start-up sequence, accept loop, reload and shutdown.
+//!
+//! The monitor never reads a byte a client wrote. It reads the peer's identity from the
+//! kernel, hands the connection to a sandboxed parser child, and acts only on typed,
+//! bounded messages from that child, which it checks again against the policy.
+
+mod listener;
+mod peer;
+mod pool;
+mod runner;
+mod session;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::socket::{SockFlag, accept4};
+use nix::unistd::User;
+
+use crate::audit::{self, SessionRegistry};
+use crate::child::ChildSettings;
+use crate::config::Config;
+use crate::policy::{self, Policy};
+use crate::sandbox;
+
+pub use listener::ListenerError;
+pub use runner::SCRIPT_PATH;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("secure_socket must be started as root (effective uid is {0})")]
+    NotRoot(u32),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
+    #[error("user {name:?} named by {key} does not exist")]
+    UnknownUser { key: &'static str, name: String },
+    #[error("failed to look up user {name:?}")]
+    UserLookup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("policy in {dir} is invalid:\n{errors}")]
+    Policy { dir: String, errors: String },
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Pool(#[from] pool::PoolError),
+    #[error("failed to block signals for the signal thread")]
+    Signals(#[source] nix::Error),
+    #[error("failed to create the wake-up pipe")]
+    Pipe(#[source] nix::Error),
+}
+
+/// State shared by the accept loop, the session threads and the signal thread.
+pub(crate) struct Shared {
+    config: Config,
+    policy: RwLock<Arc<Policy>>,
+    registry: Arc<SessionRegistry>,
+    pool: Arc<pool::Pool>,
+    process_groups: runner::ProcessGroups,
+    shutting_down: AtomicBool,
+    active: Mutex<usize>,
+    active_changed: Condvar,
+    running: Mutex<HashMap<String, usize>>,
+    running_changed: Condvar,
+    /// Pids of parser children serving a connection, killed when the grace period ends.
+    session_children: Mutex<std::collections::HashSet<u32>>,
+}
+
+/// A held concurrency slot of one command, released on drop.
+pub(crate) struct Slot<'a> {
+    shared: &'a Shared,
+    command: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut running = lock(&self.shared.running);
+        if let Some(count) = running.get_mut(&self.command) {
+            *count = count.saturating_sub(1);
+        }
+        self.shared.running_changed.notify_all();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Shared {
+    pub(crate) fn current_policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of `max` slots of `command`, waiting at most `wait` for one to free.
+    pub(crate) fn acquire_slot(
+        &self,
+        command: &str,
+        max: usize,
+        wait: Duration,
+    ) -> Option<Slot<'_>> {
+        let running = lock(&self.running);
+        let (mut running, _) = self
+            .running_changed
+            .wait_timeout_while(running, wait, |running| {
+                running.get(command).copied().unwrap_or(0) >= max
+            })
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = running.entry(command.to_string()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            shared: self,
+            command: command.to_string(),
+        })
+    }
+
+    fn reload_policy(&self) {
+        let dir = &self.config.policy_dir;
+        match policy::load_dir(dir) {
+            Ok(policy) => {
+                let names: Vec<&String> = policy.commands.keys().collect();
+                tracing::info!(policy_dir = %dir.display(), commands = ?names, "policy reloaded");
+                *self
+                    .policy
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+            }
+            Err(error) => {
+                tracing::error!(policy_dir = %dir.display(), errors = %error, "policy reload rejected; the previous policy stays in force");
+            }
+        }
+    }
+}
+
+fn resolve_user(key: &'static str, name: &str) -> Result<User, MonitorError> {
+    let found = match name.parse::<u32>() {
+        Ok(uid) => User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => User::from_name(name),
+    };
+    found
+        .map_err(|source| MonitorError::UserLookup {
+            name: name.to_string(),
+            source,
+        })?
+        .ok_or_else(|| MonitorError::UnknownUser {
+            key,
+            name: name.to_string(),
+        })
+}
+
+/// Runs the broker until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), MonitorError> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        return Err(MonitorError::NotRoot(euid.as_raw()));
+    }
+
+    // Refuse to start without the sandbox layers unless the administrator chose
+    // best-effort; then warn at every start.
+    for warning in sandbox::check_support(config.sandbox)? {
+        tracing::warn!(%warning, "sandbox layer missing; running in best-effort mode");
+    }
+
+    let unprivileged = resolve_user("unprivileged_user", &config.unprivileged_user)?;
+    if unprivileged.uid.is_root() {
+        return Err(MonitorError::Conflict(
+            "unprivileged_user resolves to uid 0".to_string(),
+        ));
+    }
+    let username_user = match &config.authorised_peer_username {
+        Some(name) => Some(resolve_user("authorised_peer_username", name)?),
+        None => None,
+    };
+    if let (Some(user), Some(uid)) = (&username_user, config.authorised_peer_uid)
+        && user.uid.as_raw() != uid
+    {
+        return Err(MonitorError::Conflict(format!(
+            "authorised_peer_username {} has uid {}, but authorised_peer_uid is {uid}",
+            user.name, user.uid
+        )));
+    }
+    let socket_gid = config
+        .authorised_peer_gid
+        .or(username_user.as_ref().map(|user| user.gid.as_raw()))
+        .unwrap_or(0);
+
+    let policy = policy::load_dir(&config.policy_dir).map_err(|error| MonitorError::Policy {
+        dir: config.policy_dir.display().to_string(),
+        errors: error.to_string(),
+    })?;
+
+    let queue = audit::create_queue(&config.mq_name)?;
+    let listener = listener::create(
+        &config.socket_path,
+        socket_gid,
+        config.socket_permissions,
+        config.max_connections,
+    )?;
+
+    // Signals are taken by a dedicated thread with sigwait; block them before any other
+    // thread starts so every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGHUP);
+    signals.thread_block().map_err(MonitorError::Signals)?;
+
+    // From here on the monitor keeps in its effective set only what it uses itself.
+    // The bounding set stays whole for now, so root scripts keep root's usual set.
+    sandbox::restrict_monitor_capabilities(&caps::CapsHashSet::new(), true)?;
+    tracing::debug!("monitor capabilities restricted");
+
+    let settings = ChildSettings {
+        uid: unprivileged.uid.as_raw(),
+        gid: unprivileged.gid.as_raw(),
+        sandbox: config.sandbox,
+        max_frame_bytes: config.max_frame_bytes,
+        request_timeout: config.request_timeout,
+        max_requests: config.max_requests_per_connection,
+    };
+    let spawner = pool::Spawner::new(settings, &queue.sender)?;
+    let pool = Arc::new(pool::Pool::new(spawner, config.pool_size));
+    let registry = Arc::new(SessionRegistry::default());
+
+    let command_names: Vec<String> = policy.commands.keys().cloned().collect();
+    let shared = Arc::new(Shared {
+        config,
+        policy: RwLock::new(Arc::new(policy)),
+        registry: registry.clone(),
+        pool: pool.clone(),
+        process_groups: runner::ProcessGroups::default(),
+        shutting_down: AtomicBool::new(false),
+        active: Mutex::new(0),
+        active_changed: Condvar::new(),
+        running: Mutex::new(HashMap::new()),
+        running_changed: Condvar::new(),
+        session_children: Mutex::new(std::collections::HashSet::new()),
+    });
+
+    let logger_stop = Arc::new(AtomicBool::new(false));
+    let logger = {
+        let stop = logger_stop.clone();
+        std::thread::Builder::new()
+            .name("audit-logger".to_string())
+            .spawn(move || audit::run_logger(queue.receiver, registry, stop))
+            .map_err(|error| MonitorError::Pool(pool::PoolError::Spawn(error)))?
+    };
+    let refill = {
+        let pool = pool.clone();
+        std::thread::Builder::new()
+            .name("pool-refill".to_string())
+            .spawn(move || pool.run_refill())
+            .map_err(|error| MonitorError::Pool(pool::PoolError::Spawn(error)))?
+    };
+    let (wake_read, wake_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(MonitorError::Pipe)?;
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("signals".to_string())
+            .spawn(move || handle_signals(signals, &shared, wake_write))
+            .map_err(|error| MonitorError::Pool(pool::PoolError::Spawn(error)))?;
+    }
+
+    let config = &shared.config;
+    tracing::info!(
+        socket_path = %config.socket_path.display(),
+        socket_permissions = format!("{:04o}", config.socket_permissions),
+        socket_gid,
+        policy_dir = %config.policy_dir.display(),
+        commands = ?command_names,
+        unprivileged_user = %unprivileged.name,
+        pool_size = config.pool_size,
+        max_connections = config.max_connections,
+        request_timeout_ms = config.request_timeout.as_millis() as u64,
+        max_frame_bytes = config.max_frame_bytes,
+        sandbox = ?config.sandbox,
+        version = env!("CARGO_PKG_VERSION"),
+        "broker started"
+    );
+
+    let filter = peer::PeerFilter::new(config, username_user.map(|user| user.uid.as_raw()));
+    accept_loop(&shared, &listener, &wake_read, &filter);
+
+    shut_down(&shared, &listener);
+    pool.stop();
+    let _ = refill.join();
+    logger_stop.store(true, Ordering::Relaxed);
+    let _ = logger.join();
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+fn handle_signals(signals: SigSet, shared: &Arc<Shared>, wake: OwnedFd) {
+    loop {
+        let signal = match signals.wait() {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "failed to wait for signals");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        match signal {
+            Signal::SIGHUP => shared.reload_policy(),
+            _ => {
+                tracing::info!(signal = %signal, "shutting down");
+                shared.shutting_down.store(true, Ordering::Relaxed);
+                let _ = nix::unistd::write(&wake, &[1]);
+                return;
+            }
+        }
+    }
+}
+
+fn accept_loop(
+    shared: &Arc<Shared>,
+    listener: &listener::Listener,
+    wake: &OwnedFd,
+    filter: &peer::PeerFilter,
+) {
+    let max = shared.config.max_connections;
+    while !shared.is_shutting_down() {
+        // At max_connections, stop accepting: further clients wait in the listen backlog.
+        {
+            let active = lock(&shared.active);
+            let _unused = shared
+                .active_changed
+                .wait_timeout_while(active, Duration::from_millis(200), |active| {
+                    *active >= max && !shared.is_shutting_down()
+                })
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if *lock(&shared.active) >= max {
+            continue;
+        }
+        let mut fds = [
+            PollFd::new(listener.socket.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(error) => {
+                tracing::error!(%error, "failed to poll the listening socket");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        }
+        let listener_ready = fds[0]
+            .revents()
+            .is_some_and(|events| events.contains(PollFlags::POLLIN));
+        if shared.is_shutting_down() || !listener_ready {
+            continue;
+        }
+        let connection = match accept4(&listener.socket, SockFlag::SOCK_CLOEXEC) {
+            Ok(fd) => fd,
+            Err(nix::Error::EINTR) | Err(nix::Error::ECONNABORTED) => continue,
+            Err(error) => {
+                tracing::error!(%error, "failed to accept a connection");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        accept_one(shared, connection, filter);
+    }
+}
+
+fn accept_one(shared: &Arc<Shared>, connection: OwnedFd, filter: &peer::PeerFilter) {
+    let peer = match peer::read_peer(&connection) {
+        Ok(peer) => peer,
+        Err(error) => {
+            tracing::error!(%error, "failed to read the peer's identity; connection closed");
+            return;
+        }
+    };
+    if let Err(parameter) = filter.check(&peer) {
+        tracing::warn!(
+            peer_uid = peer.uid,
+            peer_gid = peer.gid,
+            peer_pid = peer.pid,
+            peer_exe = ?peer.exe,
+            parameter,
+            "peer rejected by the global filter; connection closed"
+        );
+        return;
+    }
+    *lock(&shared.active) += 1;
+    let thread_shared = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name("session".to_string())
+        .spawn(move || {
+            session::run(&thread_shared, connection, peer);
+            *lock(&thread_shared.active) -= 1;
+            thread_shared.active_changed.notify_all();
+        });
+    if let Err(error) = spawned {
+        tracing::error!(%error, "failed to start a session thread; connection closed");
+        *lock(&shared.active) -= 1;
+    }
+}
+
+/// Stops accepting, removes the socket, gives running sessions the grace period, then
+/// kills the process groups of scripts still running.
+fn shut_down(shared: &Arc<Shared>, listener: &listener::Listener) {
+    if let Err(error) = listener.remove_socket_file() {
+        tracing::error!(%error, path = %listener.path.display(), "failed to remove the socket file");
+    }
+    let grace_end = Instant::now() + shared.config.shutdown_grace;
+    let wait_for_sessions = |until: Instant| {
+        let mut active = lock(&shared.active);
+        while *active > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            active = shared
+                .active_changed
+                .wait_timeout(active, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *active
+    };
+    let remaining = wait_for_sessions(grace_end);
+    if remaining > 0 {
+        tracing::warn!(
+            sessions = remaining,
+            scripts = shared.process_groups.count(),
+            "grace period over; killing running scripts"
+        );
+        shared.process_groups.kill_all();
+        for pid in lock(&shared.session_children).iter() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        wait_for_sessions(Instant::now() + Duration::from_secs(2));
+    }
+}

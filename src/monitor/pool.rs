@@ -1,0 +1,183 @@
+//! The pool of pre-started parser children.
+//!
+//! Children are started ahead of connections, so that re-executing the binary and
+//! confining it stay off the request path. Each child serves one connection and exits;
+//! a refill thread keeps `pool_size` children waiting.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, fcntl};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+
+use crate::child::{CHANNEL_FD, ChildSettings, QUEUE_FD, ROLE_ARGUMENT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("failed to create the channel socketpair")]
+    Socketpair(#[source] nix::Error),
+    #[error("failed to duplicate a descriptor for the child")]
+    Duplicate(#[source] nix::Error),
+    #[error("failed to start a parser child")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// A started parser child and the monitor's end of its channel.
+pub struct ParserChild {
+    pub process: Child,
+    pub channel: OwnedFd,
+}
+
+/// Starts parser children. Holds the audit queue's sending end at a descriptor number of
+/// 10 or more, so that moving it to [`QUEUE_FD`] in the child never overwrites the
+/// channel.
+pub struct Spawner {
+    settings: ChildSettings,
+    queue: OwnedFd,
+}
+
+/// Lowest descriptor number used for descriptors that are moved before exec.
+const HIGH_FD: RawFd = 10;
+
+impl Spawner {
+    pub fn new(settings: ChildSettings, queue: &OwnedFd) -> Result<Spawner, PoolError> {
+        let queue = duplicate_high(queue)?;
+        Ok(Spawner { settings, queue })
+    }
+
+    /// Starts one child: re-executes this binary in the parser role, as root with an
+    /// empty environment; the child drops its privileges before it reads anything.
+    pub fn spawn(&self) -> Result<ParserChild, PoolError> {
+        let (monitor_end, child_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(PoolError::Socketpair)?;
+        let child_end = duplicate_high(&child_end)?;
+        let channel_source = child_end.as_raw_fd();
+        let queue_source = self.queue.as_raw_fd();
+
+        let mut command = std::process::Command::new("/proc/self/exe");
+        command
+            .arg0("secure_socket-parser")
+            .arg(ROLE_ARGUMENT)
+            .args(self.settings.to_args())
+            .env_clear()
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: the closure runs between fork and exec in a multi-threaded process, so
+        // it makes only dup2 calls, which are async-signal-safe. Both sources are open
+        // descriptors of at least HIGH_FD owned by this function or the spawner, so
+        // neither target overwrites a source. dup2 clears close-on-exec on the targets.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(channel_source, CHANNEL_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::dup2(queue_source, QUEUE_FD) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let process = command.spawn().map_err(PoolError::Spawn)?;
+        drop(child_end);
+        Ok(ParserChild {
+            process,
+            channel: monitor_end,
+        })
+    }
+}
+
+fn duplicate_high(fd: &OwnedFd) -> Result<OwnedFd, PoolError> {
+    let raw = fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD)).map_err(PoolError::Duplicate)?;
+    Ok(crate::sys::own_received_fd(raw))
+}
+
+/// Idle children waiting for a connection.
+pub struct Pool {
+    spawner: Spawner,
+    size: usize,
+    idle: Mutex<VecDeque<ParserChild>>,
+    changed: Condvar,
+    stopping: AtomicBool,
+}
+
+impl Pool {
+    pub fn new(spawner: Spawner, size: usize) -> Pool {
+        Pool {
+            spawner,
+            size,
+            idle: Mutex::new(VecDeque::with_capacity(size)),
+            changed: Condvar::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<ParserChild>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes an idle child, or starts one at once when none is waiting.
+    pub fn take(&self) -> Result<ParserChild, PoolError> {
+        let taken = self.lock().pop_front();
+        self.changed.notify_all();
+        match taken {
+            Some(child) => Ok(child),
+            None => self.spawner.spawn(),
+        }
+    }
+
+    /// Keeps `size` children idle until [`Pool::stop`]. Runs on its own thread.
+    pub fn run_refill(self: &Arc<Pool>) {
+        let mut failures: u32 = 0;
+        while !self.stopping.load(Ordering::Relaxed) {
+            {
+                let idle = self.lock();
+                let _unused = self
+                    .changed
+                    .wait_timeout_while(idle, Duration::from_secs(1), |idle| {
+                        idle.len() >= self.size && !self.stopping.load(Ordering::Relaxed)
+                    })
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if self.stopping.load(Ordering::Relaxed) || self.lock().len() >= self.size {
+                continue;
+            }
+            match self.spawner.spawn() {
+                Ok(child) => {
+                    failures = 0;
+                    self.lock().push_back(child);
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(error = %error, source = ?std::error::Error::source(&error), failures, "failed to start a parser child");
+                    // Back off so a persistent failure does not spin.
+                    std::thread::sleep(Duration::from_millis(100 * u64::from(failures.min(50))));
+                }
+            }
+        }
+    }
+
+    /// Stops refilling and kills the idle children.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.changed.notify_all();
+        let mut idle = self.lock();
+        while let Some(mut child) = idle.pop_front() {
+            let _ = child.process.kill();
+            let _ = child.process.wait();
+        }
+    }
+}

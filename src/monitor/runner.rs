@@ -1,0 +1,378 @@
+//! The script runner: spawns a policy command as its run_as user and waits for it.
+//!
+//! The script gets an environment built from scratch, an argv built from the policy's
+//! template (never through a shell), stdin from the request or /dev/null, its own
+//! session and process group, the policy's rlimits, and no descriptor of the broker
+//! except stdin, stdout and stderr. When the timeout expires the whole process group is
+//! killed; when the script exits, whatever it left running in its group is killed too.
+//! Captured output is bounded per stream.
+
+use std::collections::HashSet;
+use std::io::ErrorKind as IoErrorKind;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::policy::{ArgValue, Command, Peer};
+use crate::protocol::channel::ExecOutcome;
+use crate::sys;
+
+/// PATH given to every script.
+pub const SCRIPT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long output is still read after the script exits, for data its pipes still hold.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("script {path} could not be started: {reason}")]
+    Spawn { path: String, reason: String },
+    #[error("failed to wait for the script")]
+    Wait(#[source] std::io::Error),
+}
+
+/// Process groups of running scripts, so that shutdown can kill what outlives the grace
+/// period.
+#[derive(Default)]
+pub struct ProcessGroups {
+    groups: Mutex<HashSet<i32>>,
+}
+
+impl ProcessGroups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<i32>> {
+        self.groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Sends SIGKILL to every running script's process group.
+    pub fn kill_all(&self) {
+        for pgid in self.lock().iter() {
+            let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// One run of a command, with arguments that both the child and the monitor validated.
+pub struct RunRequest<'a> {
+    pub command: &'a Command,
+    pub arguments: &'a [(String, ArgValue)],
+    pub stdin: &'a [u8],
+    pub peer: &'a Peer,
+    pub request_id: &'a str,
+}
+
+/// Builds the argv after the script path: each template element rendered, elements that
+/// refer to an absent optional argument left out.
+pub fn build_argv(command: &Command, arguments: &[(String, ArgValue)]) -> Vec<String> {
+    command
+        .argv
+        .iter()
+        .filter_map(|template| template.render(arguments))
+        .collect()
+}
+
+/// Builds the script's whole environment.
+pub fn build_env(request: &RunRequest<'_>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_string(), SCRIPT_PATH.to_string()),
+        (
+            "SECURE_SOCKET_COMMAND".to_string(),
+            request.command.spec.name.clone(),
+        ),
+        (
+            "SECURE_SOCKET_REQUEST_ID".to_string(),
+            request.request_id.to_string(),
+        ),
+        (
+            "SECURE_SOCKET_PEER_UID".to_string(),
+            request.peer.uid.to_string(),
+        ),
+        (
+            "SECURE_SOCKET_PEER_GID".to_string(),
+            request.peer.gid.to_string(),
+        ),
+        (
+            "SECURE_SOCKET_PEER_PID".to_string(),
+            request.peer.pid.to_string(),
+        ),
+    ];
+    for (name, template) in &request.command.env {
+        if let Some(value) = template.render(request.arguments) {
+            env.push((name.clone(), value));
+        }
+    }
+    env
+}
+
+/// Runs the script and waits for it, its timeout or its output limit.
+pub fn run(request: &RunRequest<'_>, groups: &ProcessGroups) -> Result<ExecOutcome, RunError> {
+    let command = request.command;
+    let started = Instant::now();
+    let mut child = spawn(request)?;
+    let pgid = child.id() as i32;
+    groups.lock().insert(pgid);
+
+    let result = supervise(&mut child, request, started);
+
+    // Kill whatever the script left running in its group, then reap the script.
+    let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+    let status = child.wait();
+    groups.lock().remove(&pgid);
+    let status = status.map_err(RunError::Wait)?;
+    let (stdout, stderr, timed_out) = result;
+
+    let capture = command.spec.capture_output;
+    Ok(ExecOutcome {
+        request_id: request.request_id.to_string(),
+        exit_code: status.code(),
+        signal: status.signal(),
+        timed_out,
+        duration_us: started.elapsed().as_micros() as u64,
+        stdout_truncated: stdout.truncated,
+        stderr_truncated: stderr.truncated,
+        stdout: capture.then_some(stdout.bytes),
+        stderr: capture.then_some(stderr.bytes),
+    })
+}
+
+fn spawn(request: &RunRequest<'_>) -> Result<Child, RunError> {
+    let command = request.command;
+    let mut process = std::process::Command::new(&command.script);
+    process
+        .args(build_argv(command, request.arguments))
+        .env_clear()
+        .envs(build_env(request))
+        .current_dir("/");
+    process.stdin(if request.stdin.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    });
+    if command.spec.capture_output {
+        process.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        process.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+
+    let uid = command.run_as.uid;
+    let gid = command.run_as.gid;
+    let supplementary = command.run_as.groups.clone();
+    let rlimits = rlimit_list(command);
+    // SAFETY: the closure runs between fork and exec in a multi-threaded process. It only
+    // makes raw system calls (setsid, setrlimit, close_range, setgroups, setresgid,
+    // setresuid) on data captured before fork; it neither allocates nor takes locks.
+    unsafe {
+        process.pre_exec(move || {
+            sys::pre_exec::new_session()?;
+            for (resource, value) in &rlimits {
+                sys::pre_exec::set_rlimit(*resource, *value)?;
+            }
+            sys::pre_exec::cloexec_from_3()?;
+            sys::pre_exec::switch_user(uid, gid, &supplementary)
+        });
+    }
+    process.spawn().map_err(|error| RunError::Spawn {
+        path: command.script.display().to_string(),
+        reason: match error.kind() {
+            IoErrorKind::NotFound => "the file no longer exists".to_string(),
+            IoErrorKind::PermissionDenied => "permission denied (is it executable?)".to_string(),
+            _ => error.to_string(),
+        },
+    })
+}
+
+fn rlimit_list(command: &Command) -> Vec<(libc::__rlimit_resource_t, u64)> {
+    let limits = &command.rlimits;
+    let mut list = Vec::new();
+    let pairs = [
+        (libc::RLIMIT_CPU, limits.cpu_seconds),
+        (libc::RLIMIT_AS, limits.address_space),
+        (libc::RLIMIT_NOFILE, limits.open_files),
+        (libc::RLIMIT_NPROC, limits.processes),
+        (libc::RLIMIT_FSIZE, limits.file_size),
+        // No core files: a script's memory may hold secrets from its arguments.
+        (libc::RLIMIT_CORE, Some(0)),
+    ];
+    for (resource, value) in pairs {
+        if let Some(value) = value {
+            list.push((resource, value));
+        }
+    }
+    list
+}
+
+/// Captured bytes of one stream, at most `limit`; the rest is read and discarded.
+struct Capture {
+    bytes: Vec<u8>,
+    truncated: bool,
+    open: bool,
+}
+
+impl Capture {
+    fn new(open: bool) -> Capture {
+        Capture {
+            bytes: Vec::new(),
+            truncated: false,
+            open,
+        }
+    }
+
+    /// Reads what is available; marks the stream closed at end of file or on error.
+    fn read_from(&mut self, fd: BorrowedFd<'_>, limit: usize, scratch: &mut [u8]) {
+        loop {
+            match nix::unistd::read(fd, scratch) {
+                Ok(0) => {
+                    self.open = false;
+                    return;
+                }
+                Ok(count) => {
+                    let room = limit.saturating_sub(self.bytes.len());
+                    let kept = count.min(room);
+                    self.bytes.extend_from_slice(&scratch[..kept]);
+                    if kept < count {
+                        self.truncated = true;
+                    }
+                }
+                Err(nix::Error::EAGAIN) => return,
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => {
+                    self.open = false;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>) {
+    if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFL) {
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        let _ = fcntl(fd, FcntlArg::F_SETFL(flags));
+    }
+}
+
+/// Feeds stdin, reads output and waits for exit or the timeout, in one poll loop.
+/// Returns the captures and whether the timeout killed the group.
+fn supervise(
+    child: &mut Child,
+    request: &RunRequest<'_>,
+    started: Instant,
+) -> (Capture, Capture, bool) {
+    let limit = request.command.spec.output_limit;
+    let deadline = started + request.command.timeout();
+    let stdout_pipe = child.stdout.take();
+    let stderr_pipe = child.stderr.take();
+    let mut stdin_pipe = child.stdin.take();
+    let mut stdout = Capture::new(stdout_pipe.is_some());
+    let mut stderr = Capture::new(stderr_pipe.is_some());
+    for pipe in [
+        stdout_pipe.as_ref().map(AsFd::as_fd),
+        stderr_pipe.as_ref().map(AsFd::as_fd),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        set_nonblocking(pipe);
+    }
+    if let Some(pipe) = &stdin_pipe {
+        set_nonblocking(pipe.as_fd());
+    }
+    let pidfd = sys::pidfd_open(child.id() as i32).ok();
+    let mut stdin_written = 0usize;
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut exited_at: Option<Instant> = None;
+    let mut timed_out = false;
+
+    loop {
+        let now = Instant::now();
+        if exited_at.is_none() && now >= deadline {
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            timed_out = true;
+            exited_at = Some(now);
+        }
+        if exited_at.is_none() && pidfd.is_none() {
+            // Without a pidfd (kernel before 5.3) fall back to polling for exit.
+            if let Ok(Some(_)) = child.try_wait() {
+                exited_at = Some(now);
+            }
+        }
+        let outputs_open = stdout.open || stderr.open;
+        match exited_at {
+            Some(at) if !outputs_open || now >= at + DRAIN_AFTER_EXIT => break,
+            _ => {}
+        }
+
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
+        let mut slots = [None; 4];
+        if let (Some(pidfd), None) = (&pidfd, exited_at) {
+            slots[0] = Some(fds.len());
+            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+        }
+        if let (Some(pipe), true) = (&stdout_pipe, stdout.open) {
+            slots[1] = Some(fds.len());
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+        }
+        if let (Some(pipe), true) = (&stderr_pipe, stderr.open) {
+            slots[2] = Some(fds.len());
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(pipe) = &stdin_pipe {
+            slots[3] = Some(fds.len());
+            fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLOUT));
+        }
+        let wake_at = match exited_at {
+            Some(at) => at + DRAIN_AFTER_EXIT,
+            None if pidfd.is_none() => now + Duration::from_millis(10),
+            None => deadline,
+        };
+        let wait = wake_at.saturating_duration_since(now);
+        let timeout = PollTimeout::try_from(wait.as_millis().min(60_000) as u32 + 1)
+            .unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+        let ready = |slot: Option<usize>, fds: &[PollFd<'_>]| {
+            slot.and_then(|index| fds[index].revents())
+                .is_some_and(|events| !events.is_empty())
+        };
+        let pid_ready = ready(slots[0], &fds);
+        let stdout_ready = ready(slots[1], &fds);
+        let stderr_ready = ready(slots[2], &fds);
+        let stdin_ready = ready(slots[3], &fds);
+        drop(fds);
+
+        if pid_ready {
+            exited_at = Some(Instant::now());
+        }
+        if stdout_ready && let Some(pipe) = &stdout_pipe {
+            stdout.read_from(pipe.as_fd(), limit, &mut scratch);
+        }
+        if stderr_ready && let Some(pipe) = &stderr_pipe {
+            stderr.read_from(pipe.as_fd(), limit, &mut scratch);
+        }
+        if stdin_ready && let Some(pipe) = &stdin_pipe {
+            match nix::unistd::write(pipe, &request.stdin[stdin_written..]) {
+                Ok(count) => stdin_written += count,
+                Err(nix::Error::EAGAIN) | Err(nix::Error::EINTR) => {}
+                Err(_) => stdin_written = request.stdin.len(),
+            }
+            if stdin_written >= request.stdin.len() {
+                // Closing the pipe gives the script end of file.
+                stdin_pipe = None;
+            }
+        }
+    }
+    (stdout, stderr, timed_out)
+}

@@ -1,0 +1,420 @@
+//! One client connection on the monitor's side: hand the connection to a parser child,
+//! then serve that child's Exec messages until it says Bye or goes away.
+//!
+//! The child is treated as hostile. Its messages go through the bounded channel decoder,
+//! and every Exec is checked again against the current policy and against the peer
+//! identity this module recorded from the kernel, never against anything the child
+//! claims. A malformed message ends the session and kills the child.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{ControlMessage, MsgFlags};
+
+use super::Shared;
+use super::pool::ParserChild;
+use super::runner::{self, RunRequest};
+use crate::policy::{ArgValue, Peer, Policy};
+use crate::protocol::channel::{self, ChildMessage, MAX_MESSAGE_BYTES, MonitorMessage};
+use crate::protocol::{BrokerError, ErrorKind};
+
+/// Attempts to hand a connection to an idle child before giving up; a child may have
+/// died while idle.
+const ASSIGN_ATTEMPTS: usize = 3;
+/// Time a child gets to exit after Bye or end of session before it is killed.
+const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
+/// Most time an Exec waits for a free slot of its command before it gets Busy.
+const BUSY_WAIT: Duration = Duration::from_secs(2);
+
+/// Serves one accepted connection to its end. Runs on its own thread.
+pub fn run(shared: &Arc<Shared>, connection: OwnedFd, peer: Peer) {
+    let session_id = crate::sys::random_u64().unwrap_or_default();
+    shared.registry.insert(session_id, peer.clone());
+    let Some(mut child) = assign(shared, connection, session_id, &peer) else {
+        shared.registry.end(session_id);
+        return;
+    };
+    let child_pid = child.process.id();
+    super::lock(&shared.session_children).insert(child_pid);
+    serve_child(shared, &mut child, &peer);
+    // Forget the pid before reaping, so shutdown never signals a reused pid.
+    super::lock(&shared.session_children).remove(&child_pid);
+    reap(&mut child, &peer);
+    shared.registry.end(session_id);
+}
+
+/// Sends the connection, the peer identity and the peer's commands to an idle child.
+fn assign(
+    shared: &Arc<Shared>,
+    connection: OwnedFd,
+    session_id: u64,
+    peer: &Peer,
+) -> Option<ParserChild> {
+    // The child reads and writes with poll and deadlines, so the connection must not
+    // block. The flag belongs to the open file description the child receives.
+    if let Err(error) = set_nonblocking(&connection) {
+        tracing::error!(%error, peer_uid = peer.uid, "failed to make the connection non-blocking");
+        return None;
+    }
+    let commands = shared.current_policy().specs_for(peer);
+    let message = MonitorMessage::Assign {
+        session_id,
+        peer: peer.clone(),
+        commands,
+    };
+    let bytes = channel::encode_monitor_message(&message);
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        tracing::error!(
+            bytes = bytes.len(),
+            limit = MAX_MESSAGE_BYTES,
+            "the commands for this peer do not fit in one channel message; shorten the policy"
+        );
+        return None;
+    }
+    for _ in 0..ASSIGN_ATTEMPTS {
+        let mut child = match shared.pool.take() {
+            Ok(child) => child,
+            Err(error) => {
+                tracing::error!(%error, peer_uid = peer.uid, "no parser child available");
+                return None;
+            }
+        };
+        let fds: [RawFd; 1] = [connection.as_raw_fd()];
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let iov = [std::io::IoSlice::new(&bytes)];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            child.channel.as_raw_fd(),
+            &iov,
+            &rights,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        match sent {
+            Ok(_) => return Some(child),
+            Err(error) => {
+                tracing::warn!(%error, child_pid = child.process.id(), "idle parser child gone; trying another");
+                let _ = child.process.kill();
+                let _ = child.process.wait();
+            }
+        }
+    }
+    tracing::error!(
+        peer_uid = peer.uid,
+        "failed to hand the connection to a parser child"
+    );
+    None
+}
+
+fn set_nonblocking(connection: &OwnedFd) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_truncate(fcntl(connection, FcntlArg::F_GETFL)?);
+    fcntl(connection, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Reads the child's messages and answers each Exec, until Bye, end of file, a
+/// malformed message or the idle limit.
+fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
+    let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
+    // A child waits at most request_timeout for each frame and each reply write; allow
+    // both plus a margin before deciding it hangs.
+    let idle_limit = shared.config.request_timeout * 2 + Duration::from_secs(5);
+    loop {
+        let length = match receive(&child.channel, &mut buffer, idle_limit) {
+            Ok(Some(length)) => length,
+            Ok(None) => return,
+            Err(reason) => {
+                tracing::warn!(
+                    peer_uid = peer.uid,
+                    peer_pid = peer.pid,
+                    child_pid = child.process.id(),
+                    reason,
+                    "ending session with parser child"
+                );
+                let _ = child.process.kill();
+                return;
+            }
+        };
+        let message = match channel::decode_child_message(&buffer[..length]) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, child_pid = child.process.id(), %error, "malformed message from parser child; killing it");
+                let _ = child.process.kill();
+                return;
+            }
+        };
+        match message {
+            ChildMessage::Bye => return,
+            ChildMessage::Exec {
+                command,
+                arguments,
+                stdin,
+            } => {
+                let reply = handle_exec(shared, peer, &command, &arguments, &stdin);
+                let bytes = channel::encode_monitor_message(&reply);
+                let iov = [std::io::IoSlice::new(&bytes)];
+                let sent = nix::sys::socket::sendmsg::<()>(
+                    child.channel.as_raw_fd(),
+                    &iov,
+                    &[],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                );
+                if let Err(error) = sent {
+                    tracing::warn!(%error, peer_uid = peer.uid, "failed to send a result to the parser child");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for one datagram. `Ok(None)` is a clean end of file.
+fn receive(
+    channel: &OwnedFd,
+    buffer: &mut [u8],
+    idle_limit: Duration,
+) -> Result<Option<usize>, &'static str> {
+    let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(idle_limit.as_millis().min(i32::MAX as u128) as i32)
+        .unwrap_or(PollTimeout::MAX);
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(0) => return Err("parser child idle for too long"),
+            Ok(_) => break,
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => return Err("failed to poll the channel"),
+        }
+    }
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let message = loop {
+        match nix::sys::socket::recvmsg::<()>(
+            channel.as_raw_fd(),
+            &mut iov,
+            None,
+            MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(message) => break message,
+            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::ECONNRESET) => return Ok(None),
+            Err(_) => return Err("failed to receive from the channel"),
+        }
+    };
+    if message.flags.contains(MsgFlags::MSG_TRUNC) {
+        return Err("oversized message from parser child");
+    }
+    if message.bytes == 0 {
+        return Ok(None);
+    }
+    Ok(Some(message.bytes))
+}
+
+/// Checks an Exec against the policy and the recorded peer, runs it, and logs one event.
+fn handle_exec(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    command_name: &str,
+    arguments: &[(String, ArgValue)],
+    stdin: &[u8],
+) -> MonitorMessage {
+    let started = Instant::now();
+    // A snapshot: a reload during the run does not change what this request runs under.
+    let policy = shared.current_policy();
+    let result = check_and_run(shared, &policy, peer, command_name, arguments, stdin);
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let logged_arguments = policy
+        .commands
+        .get(command_name)
+        .map(|command| redact(command, arguments))
+        .unwrap_or_default();
+    match &result {
+        Ok(outcome) => tracing::info!(
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            command = ?command_name,
+            arguments = ?logged_arguments,
+            request_id = %outcome.request_id,
+            exit_code = ?outcome.exit_code,
+            signal = ?outcome.signal,
+            timed_out = outcome.timed_out,
+            duration_ms,
+            "request ran"
+        ),
+        Err(error) => tracing::warn!(
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            command = ?command_name,
+            arguments = ?logged_arguments,
+            outcome = error.varlink_name(),
+            field = ?error.field,
+            rule = %error.rule,
+            duration_ms,
+            "request rejected"
+        ),
+    }
+    match result {
+        Ok(outcome) => MonitorMessage::ExecDone(outcome),
+        Err(error) => MonitorMessage::ExecFailed(error),
+    }
+}
+
+/// Renders arguments for the log: sensitive values replaced by their length.
+fn redact(
+    command: &crate::policy::Command,
+    arguments: &[(String, ArgValue)],
+) -> Vec<(String, String)> {
+    arguments
+        .iter()
+        .map(|(name, value)| {
+            let sensitive = command
+                .spec
+                .arguments
+                .iter()
+                .any(|spec| &spec.name == name && spec.sensitive);
+            let shown = match value {
+                _ if sensitive => match value {
+                    ArgValue::Str(text) => format!("<redacted, {} bytes>", text.len()),
+                    _ => "<redacted>".to_string(),
+                },
+                ArgValue::Str(text) => format!("{text:?}"),
+                ArgValue::Int(number) => number.to_string(),
+                ArgValue::Bool(flag) => flag.to_string(),
+            };
+            (name.clone(), shown)
+        })
+        .collect()
+}
+
+fn check_and_run(
+    shared: &Arc<Shared>,
+    policy: &Policy,
+    peer: &Peer,
+    command_name: &str,
+    arguments: &[(String, ArgValue)],
+    stdin: &[u8],
+) -> Result<channel::ExecOutcome, BrokerError> {
+    let Some(command) = policy.commands.get(command_name) else {
+        return Err(BrokerError::new(
+            ErrorKind::UnknownCommand,
+            command_name,
+            "unknown_command",
+            "no such command",
+        ));
+    };
+    if !command.permits(peer) {
+        return Err(BrokerError::new(
+            ErrorKind::PermissionDenied,
+            command_name,
+            "allow_users",
+            "this peer may not run the command",
+        ));
+    }
+    // The child validated these already; a failure here means the child is broken or
+    // compromised, so it is logged as an error as well as rejected.
+    let accepted = command.spec.validate(arguments).map_err(|error| {
+        tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, command = ?command_name, argument = ?error.argument, rule = %error.rule, "parser child sent an Exec that fails validation");
+        BrokerError::new(
+            ErrorKind::InvalidArgument,
+            error.argument.clone(),
+            error.rule.to_string(),
+            error.to_string(),
+        )
+    })?;
+    if stdin.len() > command.spec.stdin_limit {
+        return Err(BrokerError::new(
+            ErrorKind::InvalidArgument,
+            "stdin",
+            "max_length",
+            format!(
+                "stdin exceeds the limit of {} bytes",
+                command.spec.stdin_limit
+            ),
+        ));
+    }
+    if shared.is_shutting_down() {
+        return Err(BrokerError::new(
+            ErrorKind::Busy,
+            "broker",
+            "shutting_down",
+            "the broker is shutting down",
+        ));
+    }
+    let _slot = shared
+        .acquire_slot(command_name, command.max_concurrent, BUSY_WAIT)
+        .ok_or_else(|| {
+            BrokerError::new(
+                ErrorKind::Busy,
+                command_name,
+                "max_concurrent",
+                format!(
+                    "{} runs of this command are in progress; try again later",
+                    command.max_concurrent
+                ),
+            )
+        })?;
+    let request_id = format!("{:016x}", crate::sys::random_u64().unwrap_or_default());
+    let request = RunRequest {
+        command,
+        arguments: &accepted,
+        stdin,
+        peer,
+        request_id: &request_id,
+    };
+    runner::run(&request, &shared.process_groups).map_err(|error| {
+        tracing::error!(%error, command = ?command_name, "script failed to run");
+        BrokerError::new(
+            ErrorKind::ExecutionFailed,
+            command_name,
+            "spawn",
+            error.to_string(),
+        )
+    })
+}
+
+/// Waits for the child to exit and logs how it ended; kills it if it lingers.
+fn reap(child: &mut ParserChild, peer: &Peer) {
+    let deadline = Instant::now() + CHILD_EXIT_GRACE;
+    let status = loop {
+        match child.process.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.process.kill();
+                break child.process.wait().ok();
+            }
+            Err(_) => break None,
+        }
+    };
+    let child_pid = child.process.id();
+    match status {
+        Some(status) if status.success() => {
+            tracing::debug!(child_pid, peer_uid = peer.uid, "parser child exited");
+        }
+        Some(status) => match status.signal() {
+            Some(signal) => tracing::error!(
+                child_pid,
+                peer_uid = peer.uid,
+                peer_gid = peer.gid,
+                peer_pid = peer.pid,
+                signal,
+                seccomp_violation = signal == libc::SIGSYS,
+                "parser child killed by a signal; its connection is closed"
+            ),
+            None => tracing::error!(
+                child_pid,
+                peer_uid = peer.uid,
+                peer_pid = peer.pid,
+                exit_code = ?status.code(),
+                "parser child failed"
+            ),
+        },
+        None => tracing::error!(
+            child_pid,
+            peer_uid = peer.uid,
+            "failed to reap parser child"
+        ),
+    }
+}

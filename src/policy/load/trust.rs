@@ -1,0 +1,283 @@
+//! Ownership and permission checks on the policy directory, the policy files and the
+//! scripts they name.
+//!
+//! The rule everywhere: the object and every directory above it are owned by root and not
+//! writable by group or others, so that no other user can replace what root checked. A
+//! script may also be owned by the user it runs as, because that user gains nothing by
+//! changing it. The checks read only metadata (lstat, fstat) and follow no symbolic link
+//! in the last component.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::policy::types::RunAs;
+use crate::policy::validate::{check_path_syntax, describe_path_rule};
+
+/// Largest policy file read, in bytes.
+pub(super) const MAX_POLICY_FILE_BYTES: u64 = 1 << 20;
+
+const WRITE_BY_GROUP_OR_OTHERS: u32 = 0o022;
+const SET_ID_BITS: u32 = 0o6000;
+const STICKY_BIT: u32 = 0o1000;
+
+fn permission_bits(metadata: &Metadata) -> u32 {
+    metadata.mode() & 0o7777
+}
+
+/// Checks one directory that must be trusted: a real directory (not a symbolic link), owned
+/// by root, not writable by group or others.
+fn check_trusted_directory(path: &Path, metadata: &Metadata) -> Option<String> {
+    let shown = path.display();
+    if metadata.file_type().is_symlink() {
+        return Some(format!("{shown} is a symbolic link, not a directory"));
+    }
+    if !metadata.is_dir() {
+        return Some(format!("{shown} is not a directory"));
+    }
+    if metadata.uid() != 0 {
+        return Some(format!(
+            "directory {shown} is owned by uid {}, not by root",
+            metadata.uid()
+        ));
+    }
+    let mode = permission_bits(metadata);
+    if mode & WRITE_BY_GROUP_OR_OTHERS != 0 {
+        // A sticky directory such as /tmp still lets every user create new names in it, so
+        // a name that root trusts today can be taken over once the file is removed (for
+        // example by a temporary-file cleaner). OpenSSH applies the same rule to
+        // ChrootDirectory.
+        let sticky = if mode & STICKY_BIT != 0 {
+            "; the sticky bit does not make it safe, because others can still create names \
+             in it"
+        } else {
+            ""
+        };
+        return Some(format!(
+            "directory {shown} is writable by group or others (mode {mode:04o}){sticky}"
+        ));
+    }
+    None
+}
+
+/// Checks every directory above `path`, up to `/`, as written and after resolving symbolic
+/// links. A symbolic link on the way (such as `/bin` on merged-/usr systems) is accepted
+/// when root owns it, because its directory is checked too and only root can then change
+/// it. The directories it leads to are checked through the resolved path.
+fn check_ancestors(path: &Path) -> Vec<String> {
+    let mut problems = BTreeSet::new();
+    for ancestor in path.ancestors().skip(1) {
+        match fs::symlink_metadata(ancestor) {
+            Ok(metadata) if metadata.file_type().is_symlink() => {
+                if metadata.uid() != 0 {
+                    problems.insert(format!(
+                        "symbolic link {} is owned by uid {}, not by root",
+                        ancestor.display(),
+                        metadata.uid()
+                    ));
+                }
+            }
+            Ok(metadata) => problems.extend(check_trusted_directory(ancestor, &metadata)),
+            Err(error) => {
+                problems.insert(format!("failed to inspect {}: {error}", ancestor.display()));
+            }
+        }
+    }
+
+    let Some(parent) = path.parent() else {
+        return problems.into_iter().collect();
+    };
+    match fs::canonicalize(parent) {
+        Ok(resolved) if resolved != parent => {
+            for ancestor in resolved.ancestors() {
+                match fs::symlink_metadata(ancestor) {
+                    Ok(metadata) => problems.extend(check_trusted_directory(ancestor, &metadata)),
+                    Err(error) => {
+                        problems
+                            .insert(format!("failed to inspect {}: {error}", ancestor.display()));
+                    }
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(error) => {
+            problems.insert(format!("failed to resolve {}: {error}", parent.display()));
+        }
+    }
+    problems.into_iter().collect()
+}
+
+/// Checks the policy directory itself and every directory above it.
+pub(super) fn check_policy_dir(dir: &Path) -> Vec<String> {
+    if !dir.is_absolute() {
+        // NOTE: a relative directory is resolved against the working directory, so the
+        // checks above it cover the working directory's ancestors as well.
+        if let Ok(absolute) = std::path::absolute(dir) {
+            return check_policy_dir(&absolute);
+        }
+    }
+    let mut problems = Vec::new();
+    match fs::symlink_metadata(dir) {
+        Ok(metadata) => problems.extend(check_trusted_directory(dir, &metadata)),
+        Err(error) => {
+            problems.push(format!("failed to inspect policy directory: {error}"));
+            return problems;
+        }
+    }
+    problems.extend(check_ancestors(dir));
+    problems
+}
+
+/// Returns the `*.toml` files directly in `dir`, sorted by name. Hidden files (names that
+/// start with a dot) are skipped, as a shell glob would skip them.
+pub(super) fn list_policy_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let bytes = name.as_encoded_bytes();
+        if bytes.starts_with(b".") || !bytes.ends_with(b".toml") {
+            continue;
+        }
+        files.push(entry.path());
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Opens and reads one policy file after checking the opened file itself (fstat), so that
+/// the checked file is the one read. A symbolic link is refused by O_NOFOLLOW, and
+/// O_NONBLOCK keeps a FIFO from blocking the open.
+pub(super) fn read_policy_file(path: &Path) -> Result<String, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| match error.raw_os_error() {
+            Some(libc::ELOOP) => "policy file is a symbolic link; symbolic links are not \
+                                  followed, place the file itself in the directory"
+                .to_owned(),
+            _ => format!("failed to open policy file: {error}"),
+        })?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| format!("failed to inspect policy file: {error}"))?;
+    if !metadata.is_file() {
+        return Err("policy file is not a regular file".to_owned());
+    }
+    if metadata.uid() != 0 {
+        return Err(format!(
+            "policy file is owned by uid {}, not by root",
+            metadata.uid()
+        ));
+    }
+    let mode = permission_bits(&metadata);
+    if mode & WRITE_BY_GROUP_OR_OTHERS != 0 {
+        return Err(format!(
+            "policy file is writable by group or others (mode {mode:04o})"
+        ));
+    }
+    read_bounded(file)
+}
+
+fn read_bounded(file: File) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    file.take(MAX_POLICY_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("failed to read policy file: {error}"))?;
+    if bytes.len() as u64 > MAX_POLICY_FILE_BYTES {
+        return Err(format!(
+            "policy file is larger than {MAX_POLICY_FILE_BYTES} bytes"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        format!(
+            "policy file is not valid UTF-8 (first invalid byte at offset {})",
+            error.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// Checks a script and returns its problems. The path must be absolute and normalised and
+/// name a regular file, not a symbolic link. The file must be owned by root or by the
+/// run_as user, not writable by group or others, without set-id bits, and executable by
+/// the run_as user. Every directory above it must be trusted. Without a resolved `run_as`
+/// the checks that depend on it are skipped.
+pub(super) fn check_script(path: &str, run_as: Option<&RunAs>) -> Vec<String> {
+    if let Err(rule) = check_path_syntax(path) {
+        return vec![format!(
+            "script path {path:?} is {}",
+            describe_path_rule(rule)
+        )];
+    }
+    let shown = Path::new(path).display();
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(metadata) => metadata,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return vec![format!("script {shown} does not exist")];
+        }
+        Err(error) => return vec![format!("failed to inspect script {shown}: {error}")],
+    };
+    if metadata.file_type().is_symlink() {
+        return vec![format!(
+            "script {shown} is a symbolic link; name the file it points to"
+        )];
+    }
+    if !metadata.is_file() {
+        return vec![format!("script {shown} is not a regular file")];
+    }
+
+    let mut problems = Vec::new();
+    let mode = permission_bits(&metadata);
+    if let Some(run_as) = run_as
+        && metadata.uid() != 0
+        && metadata.uid() != run_as.uid
+    {
+        problems.push(format!(
+            "script {shown} is owned by uid {}; it must be owned by root or by the run_as \
+             user (uid {})",
+            metadata.uid(),
+            run_as.uid
+        ));
+    }
+    if mode & WRITE_BY_GROUP_OR_OTHERS != 0 {
+        problems.push(format!(
+            "script {shown} is writable by group or others (mode {mode:04o})"
+        ));
+    }
+    if mode & SET_ID_BITS != 0 {
+        problems.push(format!(
+            "script {shown} has the set-user-ID or set-group-ID bit (mode {mode:04o}), which \
+             would run it with its owner's or group's ids instead of run_as"
+        ));
+    }
+    if let Some(run_as) = run_as
+        && !is_executable_by(&metadata, run_as)
+    {
+        problems.push(format!(
+            "script {shown} is not executable by the run_as user {:?} (mode {mode:04o})",
+            run_as.user
+        ));
+    }
+    problems.extend(check_ancestors(Path::new(path)));
+    problems
+}
+
+/// Applies the permission bits the way the kernel does for execute access, ignoring ACLs:
+/// root needs any execute bit, the owner the user bit, a member of the file's group the
+/// group bit, anyone else the other bit.
+fn is_executable_by(metadata: &Metadata, run_as: &RunAs) -> bool {
+    let mode = metadata.mode();
+    let bit = if run_as.uid == 0 {
+        0o111
+    } else if metadata.uid() == run_as.uid {
+        0o100
+    } else if metadata.gid() == run_as.gid || run_as.groups.contains(&metadata.gid()) {
+        0o010
+    } else {
+        0o001
+    };
+    mode & bit != 0
+}

@@ -1,0 +1,290 @@
+//! Compiled policy types shared by the monitor and the parser child.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Identity of a connected peer, as read by the monitor from the kernel (SO_PEERCRED,
+/// SO_PEERGROUPS, SO_PEERPIDFD). Never taken from anything the peer sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    /// Supplementary groups from SO_PEERGROUPS.
+    pub groups: Vec<u32>,
+    /// Executable of the peer process, read through its pidfd; `None` when it could not
+    /// be read (the process exited, or the kernel lacks SO_PEERPIDFD).
+    pub exe: Option<PathBuf>,
+}
+
+/// A typed, validated argument value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ArgValue {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+/// Declared type of one named argument, with its rules.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ArgKind {
+    String {
+        /// Maximum length in bytes.
+        max_length: usize,
+        /// Full-match pattern: the whole value must match.
+        pattern: Option<Pattern>,
+        /// Expression that each character must match on its own, typically a character
+        /// class such as `[a-z0-9._-]`.
+        charset: Option<Pattern>,
+    },
+    Integer {
+        min: i64,
+        max: i64,
+    },
+    Enum {
+        values: Vec<String>,
+    },
+    Boolean,
+    /// A lexical path: absolute, normalised, no `..`, under one of `prefixes`.
+    Path {
+        prefixes: Vec<String>,
+        max_length: usize,
+    },
+}
+
+impl ArgKind {
+    /// Returns the type name used in policy files and in `ArgumentInfo.kind`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ArgKind::String { .. } => "string",
+            ArgKind::Integer { .. } => "integer",
+            ArgKind::Enum { .. } => "enum",
+            ArgKind::Boolean => "boolean",
+            ArgKind::Path { .. } => "path",
+        }
+    }
+}
+
+impl ArgValue {
+    /// Returns the JSON type name of the value, for error messages that must not show it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ArgValue::Str(_) => "string",
+            ArgValue::Int(_) => "integer",
+            ArgValue::Bool(_) => "boolean",
+        }
+    }
+}
+
+/// Maximum length of a pattern source, in bytes.
+pub const MAX_PATTERN_BYTES: usize = 1024;
+
+/// Maximum size of one compiled pattern (`regex::RegexBuilder::size_limit`) and of its lazy
+/// DFA cache, in bytes. The regex crate matches in linear time, so this bounds memory, not
+/// time.
+pub const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// A compiled full-match regular expression that serialises as its source text.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    /// The expression as written in the policy, without anchors.
+    pub source: String,
+    /// `source` compiled as `^(?:source)$`.
+    pub regex: regex::Regex,
+}
+
+/// Reason a pattern source was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum PatternError {
+    #[error("pattern is longer than {max} bytes")]
+    TooLong { max: usize },
+    #[error("failed to compile pattern")]
+    Compile(#[source] regex::Error),
+}
+
+impl Pattern {
+    /// Compiles `source` as a full match, `^(?:source)$`.
+    ///
+    /// The source is first compiled on its own. Without that step a source such as
+    /// `a)|(?:b` would be accepted, because wrapping it yields the valid expression
+    /// `^(?:a)|(?:b)$`, which is no longer anchored at both ends.
+    pub fn new(source: &str) -> Result<Pattern, PatternError> {
+        if source.len() > MAX_PATTERN_BYTES {
+            return Err(PatternError::TooLong {
+                max: MAX_PATTERN_BYTES,
+            });
+        }
+        compile_bounded(source).map_err(PatternError::Compile)?;
+        let regex = compile_bounded(&format!("^(?:{source})$")).map_err(PatternError::Compile)?;
+        Ok(Pattern {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    /// Returns whether the whole of `text` matches.
+    pub fn is_match(&self, text: &str) -> bool {
+        self.regex.is_match(text)
+    }
+}
+
+fn compile_bounded(source: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(source)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .dfa_size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Pattern, D::Error> {
+        let source = String::deserialize(deserializer)?;
+        Pattern::new(&source).map_err(|error| {
+            let cause = match &error {
+                PatternError::TooLong { .. } => String::new(),
+                PatternError::Compile(cause) => format!(": {cause}"),
+            };
+            serde::de::Error::custom(format!("{error}{cause}"))
+        })
+    }
+}
+
+/// Declaration of one named argument.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArgSpec {
+    pub name: String,
+    pub description: String,
+    pub kind: ArgKind,
+    pub required: bool,
+    /// Sensitive values never appear in logs or error messages, only their length.
+    pub sensitive: bool,
+    /// Secure defaults for strings, each lifted only by an explicit declaration.
+    pub allow_leading_dash: bool,
+    pub allow_newline: bool,
+    pub allow_control: bool,
+}
+
+/// The part of a command that the parser child receives: enough to validate a request
+/// and to describe the command, nothing about how or as whom it runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandSpec {
+    pub name: String,
+    pub description: String,
+    /// Sorted by name.
+    pub arguments: Vec<ArgSpec>,
+    pub timeout_ms: u64,
+    pub capture_output: bool,
+    /// Maximum bytes captured from each of stdout and stderr.
+    pub output_limit: usize,
+    /// Maximum stdin payload in bytes; 0 means stdin is /dev/null.
+    pub stdin_limit: usize,
+}
+
+/// One element of an argv or environment template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    /// The value of the named argument, inserted as is: never split or interpreted.
+    Argument(String),
+}
+
+/// A template element made of literals and argument references, for example
+/// `--user={user}`. An element that refers to an absent optional argument is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+}
+
+/// Resource limits applied to the script process before exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rlimits {
+    /// RLIMIT_CPU, seconds.
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_AS, bytes.
+    pub address_space: Option<u64>,
+    /// RLIMIT_NOFILE.
+    pub open_files: Option<u64>,
+    /// RLIMIT_NPROC, counted per real user id by the kernel.
+    pub processes: Option<u64>,
+    /// RLIMIT_FSIZE, bytes.
+    pub file_size: Option<u64>,
+}
+
+/// The user and groups a script runs as, resolved at load time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups of `user` from the group database at load time.
+    pub groups: Vec<u32>,
+}
+
+/// A fully compiled command, kept by the monitor only.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub spec: CommandSpec,
+    pub script: PathBuf,
+    pub run_as: RunAs,
+    pub allow_users: Vec<u32>,
+    pub allow_groups: Vec<u32>,
+    /// When set, the peer's executable must be one of these paths.
+    pub allow_executables: Vec<PathBuf>,
+    pub argv: Vec<Template>,
+    pub env: Vec<(String, Template)>,
+    pub rlimits: Rlimits,
+    /// Maximum concurrent runs of this command.
+    pub max_concurrent: usize,
+    /// File and line that defined the command, for messages.
+    pub origin: String,
+}
+
+impl Command {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.spec.timeout_ms)
+    }
+
+    /// Returns whether `peer` may run this command: its uid is listed, or its primary or
+    /// one of its supplementary groups is, and, when executables are listed, its
+    /// executable is one of them.
+    pub fn permits(&self, peer: &Peer) -> bool {
+        let by_user = self.allow_users.contains(&peer.uid);
+        let by_group = self.allow_groups.contains(&peer.gid)
+            || peer.groups.iter().any(|g| self.allow_groups.contains(g));
+        if !(by_user || by_group) {
+            return false;
+        }
+        if self.allow_executables.is_empty() {
+            return true;
+        }
+        match &peer.exe {
+            Some(exe) => self.allow_executables.iter().any(|allowed| allowed == exe),
+            None => false,
+        }
+    }
+}
+
+/// A loaded, validated policy. Immutable once built; a reload builds a new one.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub commands: BTreeMap<String, Command>,
+}
+
+impl Policy {
+    /// Returns the specs of the commands `peer` may run, sorted by name.
+    pub fn specs_for(&self, peer: &Peer) -> Vec<CommandSpec> {
+        self.commands
+            .values()
+            .filter(|command| command.permits(peer))
+            .map(|command| command.spec.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,234 @@
+//! Raw Linux system calls that nix and std do not wrap. Every `unsafe` block of the
+//! monitor outside the sandbox module lives here, each with the invariant it relies on.
+//!
+//! Inputs are descriptors and ids owned by the caller; nothing here reads client bytes.
+
+use std::ffi::c_void;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Most supplementary groups SO_PEERGROUPS can return (the kernel's NGROUPS_MAX).
+const NGROUPS_MAX: usize = 65_536;
+
+/// Reads the peer's supplementary groups (SO_PEERGROUPS), as recorded by the kernel when
+/// the peer called connect().
+pub fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut length = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `socket` is an open descriptor borrowed for this call; `groups` is a live
+        // buffer of exactly `length` bytes, and the kernel writes at most `length` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast::<c_void>(),
+                &mut length,
+            )
+        };
+        let count = length as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        // ERANGE reports the size needed in `length`.
+        if error.raw_os_error() == Some(libc::ERANGE)
+            && count > groups.len()
+            && count <= NGROUPS_MAX
+        {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// Returns a pidfd for the peer process (SO_PEERPIDFD, Linux 6.5 and later). The pidfd
+/// refers to the process that connected, even if its pid is later reused.
+pub fn peer_pidfd(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut length = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `socket` is an open descriptor; `fd` is a live c_int and `length` its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERPIDFD,
+            (&mut fd as *mut libc::c_int).cast::<c_void>(),
+            &mut length,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success the kernel installed a new descriptor `fd` that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens a pidfd for `pid` (pidfd_open(2)).
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Returns whether the process a pidfd refers to is still running, using
+/// pidfd_send_signal with signal 0 (a permission and existence check, nothing is sent).
+pub fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd is an open descriptor; a null siginfo and zero flags are valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
+/// Sets the filesystem uid and gid of the calling thread only (the raw system calls act
+/// per thread, unlike glibc wrappers of setuid). Returns the previous values.
+///
+/// The monitor uses this to read /proc/PID/exe of a peer with the peer's own filesystem
+/// identity, so that the kernel's ptrace access check passes without CAP_SYS_PTRACE.
+pub fn set_thread_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
+    // SAFETY: setfsgid and setfsuid take one integer and cannot fail in a way that
+    // corrupts memory; they return the previous id.
+    let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
+    // SAFETY: as above.
+    let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
+    (old_uid, old_gid)
+}
+
+/// Fills `buffer` from the kernel's random number generator.
+pub fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let rest = &mut buffer[filled..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes.
+        let rc = unsafe { libc::getrandom(rest.as_mut_ptr().cast::<c_void>(), rest.len(), 0) };
+        if rc < 0 {
+            let error = io::Error::last_os_error();
+            if error.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        filled += rc as usize;
+    }
+    Ok(())
+}
+
+/// Returns a random u64.
+pub fn random_u64() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    fill_random(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Steps run in a forked child between fork and exec. Everything here must be
+/// async-signal-safe, because the monitor is multi-threaded: only raw system calls, no
+/// allocation, no locks.
+pub mod pre_exec {
+    use std::io;
+
+    fn check(rc: libc::c_int) -> io::Result<()> {
+        if rc == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts a new session, which also makes the process a process group leader.
+    pub fn new_session() -> io::Result<()> {
+        // SAFETY: setsid takes no arguments and is async-signal-safe.
+        check(unsafe { libc::setsid() })
+    }
+
+    /// Marks every descriptor from 3 up close-on-exec (close_range(2) with
+    /// CLOSE_RANGE_CLOEXEC), so the script inherits only stdin, stdout and stderr.
+    /// Descriptors std itself needs until exec stay usable.
+    pub fn cloexec_from_3() -> io::Result<()> {
+        // SAFETY: close_range takes integers only; with CLOSE_RANGE_CLOEXEC it closes
+        // nothing, it only sets a flag.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        check(rc as libc::c_int)
+    }
+
+    /// Sets one resource limit, soft and hard.
+    pub fn set_rlimit(resource: libc::__rlimit_resource_t, value: u64) -> io::Result<()> {
+        let limit = libc::rlimit {
+            rlim_cur: value,
+            rlim_max: value,
+        };
+        // SAFETY: `limit` is a live rlimit value; setrlimit is async-signal-safe.
+        check(unsafe { libc::setrlimit(resource, &limit) })
+    }
+
+    /// Switches to the script's user: supplementary groups, then gid, then uid, because
+    /// changing groups needs the privilege that the uid change gives up.
+    pub fn switch_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+        // SAFETY: `groups` is a live slice; setgroups copies it. In the forked child only
+        // this thread exists, so the raw calls need no cross-thread broadcast.
+        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::setresgid(gid, gid, gid) })?;
+        // SAFETY: integer arguments only.
+        check(unsafe { libc::setresuid(uid, uid, uid) })
+    }
+}
+
+/// Takes ownership of the two descriptors a parser child inherits and closes every other
+/// descriptor, standard input, output and error included, so that the child holds only
+/// what it needs before it is confined.
+pub fn take_child_descriptors(channel: RawFd, queue: RawFd) -> io::Result<(OwnedFd, OwnedFd)> {
+    for fd in [channel, queue] {
+        // SAFETY: F_GETFD only reads the descriptor flags; an invalid fd yields EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if channel < 3 || queue < 3 || channel == queue {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let (low, high) = (channel.min(queue) as u32, channel.max(queue) as u32);
+    let ranges = [(0, low - 1), (low + 1, high - 1), (high + 1, u32::MAX)];
+    for (first, last) in ranges {
+        if first > last {
+            continue;
+        }
+        // SAFETY: close_range closes descriptors this process owns and no Rust object
+        // refers to: at this point of the child's start only std's standard streams
+        // (which Rust never closes itself) and inherited strays exist.
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: both descriptors were checked open above and nothing else owns them.
+    let owned = unsafe { (OwnedFd::from_raw_fd(channel), OwnedFd::from_raw_fd(queue)) };
+    Ok(owned)
+}
+
+/// Takes ownership of a descriptor received with SCM_RIGHTS.
+pub fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process when the message was received,
+    // and nothing else refers to it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
