@@ -70,6 +70,15 @@ pub struct RunRequest<'a> {
     pub stdin: &'a [u8],
     pub peer: &'a Peer,
     pub request_id: &'a str,
+    /// The channel to the parser child, watched during the run: the child must wait for
+    /// the result, so anything arriving on it meanwhile ends the session afterwards.
+    pub channel: Option<BorrowedFd<'a>>,
+}
+
+/// How a run ended, and whether the channel became readable while it ran.
+pub struct RunResult {
+    pub outcome: ExecOutcome,
+    pub channel_readable: bool,
 }
 
 /// Builds the argv after the script path: each template element rendered, elements that
@@ -116,7 +125,7 @@ pub fn build_env(request: &RunRequest<'_>) -> Vec<(String, String)> {
 }
 
 /// Runs the script and waits for it, its timeout or its output limit.
-pub fn run(request: &RunRequest<'_>, groups: &ProcessGroups) -> Result<ExecOutcome, RunError> {
+pub fn run(request: &RunRequest<'_>, groups: &ProcessGroups) -> Result<RunResult, RunError> {
     let command = request.command;
     let started = Instant::now();
     let mut child = spawn(request)?;
@@ -130,10 +139,15 @@ pub fn run(request: &RunRequest<'_>, groups: &ProcessGroups) -> Result<ExecOutco
     let status = child.wait();
     groups.lock().remove(&pgid);
     let status = status.map_err(RunError::Wait)?;
-    let (stdout, stderr, timed_out) = result;
+    let Supervised {
+        stdout,
+        stderr,
+        timed_out,
+        channel_readable,
+    } = result;
 
     let capture = command.spec.capture_output;
-    Ok(ExecOutcome {
+    let outcome = ExecOutcome {
         request_id: request.request_id.to_string(),
         exit_code: status.code(),
         signal: status.signal(),
@@ -143,6 +157,10 @@ pub fn run(request: &RunRequest<'_>, groups: &ProcessGroups) -> Result<ExecOutco
         stderr_truncated: stderr.truncated,
         stdout: capture.then_some(stdout.bytes),
         stderr: capture.then_some(stderr.bytes),
+    };
+    Ok(RunResult {
+        outcome,
+        channel_readable,
     })
 }
 
@@ -169,9 +187,11 @@ fn spawn(request: &RunRequest<'_>) -> Result<Child, RunError> {
     let gid = command.run_as.gid;
     let supplementary = command.run_as.groups.clone();
     let rlimits = rlimit_list(command);
+    let capabilities = script_capabilities(command);
     // SAFETY: the closure runs between fork and exec in a multi-threaded process. It only
-    // makes raw system calls (setsid, setrlimit, close_range, setgroups, setresgid,
-    // setresuid) on data captured before fork; it neither allocates nor takes locks.
+    // makes raw system calls (setsid, setrlimit, close_range, capset, prctl, setgroups,
+    // setresgid, setresuid) on data captured before fork; it neither allocates nor takes
+    // locks.
     unsafe {
         process.pre_exec(move || {
             sys::pre_exec::new_session()?;
@@ -179,7 +199,7 @@ fn spawn(request: &RunRequest<'_>) -> Result<Child, RunError> {
                 sys::pre_exec::set_rlimit(*resource, *value)?;
             }
             sys::pre_exec::cloexec_from_3()?;
-            sys::pre_exec::switch_user(uid, gid, &supplementary)
+            sys::pre_exec::switch_user(uid, gid, &supplementary, capabilities)
         });
     }
     process.spawn().map_err(|error| RunError::Spawn {
@@ -190,6 +210,31 @@ fn spawn(request: &RunRequest<'_>) -> Result<Child, RunError> {
             _ => error.to_string(),
         },
     })
+}
+
+/// Turns the command's declared capabilities into the plan the forked child applies.
+fn script_capabilities(command: &Command) -> sys::pre_exec::ScriptCapabilities {
+    use sys::pre_exec::ScriptCapabilities;
+    let Some(list) = &command.capabilities else {
+        return ScriptCapabilities::Default;
+    };
+    let keep = list
+        .iter()
+        .fold(0u64, |mask, capability| mask | capability.bitmask());
+    if command.run_as.uid == 0 {
+        let monitor_permitted = caps::read(None, caps::CapSet::Permitted)
+            .map(|set| {
+                set.iter()
+                    .fold(0u64, |mask, capability| mask | capability.bitmask())
+            })
+            .unwrap_or(0);
+        ScriptCapabilities::RootOnly {
+            keep,
+            monitor_permitted,
+        }
+    } else {
+        ScriptCapabilities::Ambient { keep }
+    }
 }
 
 fn rlimit_list(command: &Command) -> Vec<(libc::__rlimit_resource_t, u64)> {
@@ -262,13 +307,18 @@ fn set_nonblocking(fd: BorrowedFd<'_>) {
     }
 }
 
-/// Feeds stdin, reads output and waits for exit or the timeout, in one poll loop.
-/// Returns the captures and whether the timeout killed the group.
-fn supervise(
-    child: &mut Child,
-    request: &RunRequest<'_>,
-    started: Instant,
-) -> (Capture, Capture, bool) {
+/// What [`supervise`] saw.
+struct Supervised {
+    stdout: Capture,
+    stderr: Capture,
+    /// The timeout expired and the process group was killed.
+    timed_out: bool,
+    channel_readable: bool,
+}
+
+/// Feeds stdin, reads output, watches the channel and waits for exit or the timeout, in
+/// one poll loop.
+fn supervise(child: &mut Child, request: &RunRequest<'_>, started: Instant) -> Supervised {
     let limit = request.command.spec.output_limit;
     let deadline = started + request.command.timeout();
     let stdout_pipe = child.stdout.take();
@@ -293,6 +343,7 @@ fn supervise(
     let mut scratch = vec![0u8; 16 * 1024];
     let mut exited_at: Option<Instant> = None;
     let mut timed_out = false;
+    let mut channel_readable = false;
 
     loop {
         let now = Instant::now();
@@ -313,8 +364,8 @@ fn supervise(
             _ => {}
         }
 
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(4);
-        let mut slots = [None; 4];
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
+        let mut slots = [None; 5];
         if let (Some(pidfd), None) = (&pidfd, exited_at) {
             slots[0] = Some(fds.len());
             fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
@@ -330,6 +381,10 @@ fn supervise(
         if let Some(pipe) = &stdin_pipe {
             slots[3] = Some(fds.len());
             fds.push(PollFd::new(pipe.as_fd(), PollFlags::POLLOUT));
+        }
+        if let (Some(channel), false) = (request.channel, channel_readable) {
+            slots[4] = Some(fds.len());
+            fds.push(PollFd::new(channel, PollFlags::POLLIN));
         }
         let wake_at = match exited_at {
             Some(at) => at + DRAIN_AFTER_EXIT,
@@ -351,6 +406,7 @@ fn supervise(
         let stdout_ready = ready(slots[1], &fds);
         let stderr_ready = ready(slots[2], &fds);
         let stdin_ready = ready(slots[3], &fds);
+        channel_readable |= ready(slots[4], &fds);
         drop(fds);
 
         if pid_ready {
@@ -374,5 +430,10 @@ fn supervise(
             }
         }
     }
-    (stdout, stderr, timed_out)
+    Supervised {
+        stdout,
+        stderr,
+        timed_out,
+        channel_readable,
+    }
 }

@@ -16,7 +16,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags};
 
 use super::Shared;
 use super::pool::ParserChild;
-use super::runner::{self, RunRequest};
+use super::runner::{self, RunRequest, RunResult};
 use crate::policy::{ArgValue, Peer, Policy};
 use crate::protocol::channel::{self, ChildMessage, MAX_MESSAGE_BYTES, MonitorMessage};
 use crate::protocol::{BrokerError, ErrorKind};
@@ -153,7 +153,8 @@ fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
                 arguments,
                 stdin,
             } => {
-                let reply = handle_exec(shared, peer, &command, &arguments, &stdin);
+                let (reply, channel_readable) =
+                    handle_exec(shared, peer, &child.channel, &command, &arguments, &stdin);
                 let bytes = channel::encode_monitor_message(&reply);
                 let iov = [std::io::IoSlice::new(&bytes)];
                 let sent = nix::sys::socket::sendmsg::<()>(
@@ -165,6 +166,18 @@ fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
                 );
                 if let Err(error) = sent {
                     tracing::warn!(%error, peer_uid = peer.uid, "failed to send a result to the parser child");
+                    return;
+                }
+                if channel_readable {
+                    // An honest child waits for the result; one that sent something
+                    // meanwhile broke the protocol, and one that hung up is gone.
+                    tracing::error!(
+                        peer_uid = peer.uid,
+                        peer_pid = peer.pid,
+                        child_pid = child.process.id(),
+                        "parser child used the channel while a script ran; ending the session"
+                    );
+                    let _ = child.process.kill();
                     return;
                 }
             }
@@ -213,17 +226,26 @@ fn receive(
 }
 
 /// Checks an Exec against the policy and the recorded peer, runs it, and logs one event.
+/// Returns the reply and whether the channel became readable while the script ran.
 fn handle_exec(
     shared: &Arc<Shared>,
     peer: &Peer,
+    channel: &OwnedFd,
     command_name: &str,
     arguments: &[(String, ArgValue)],
     stdin: &[u8],
-) -> MonitorMessage {
+) -> (MonitorMessage, bool) {
     let started = Instant::now();
     // A snapshot: a reload during the run does not change what this request runs under.
     let policy = shared.current_policy();
-    let result = check_and_run(shared, &policy, peer, command_name, arguments, stdin);
+    let request = ExecRequest {
+        peer,
+        channel,
+        command_name,
+        arguments,
+        stdin,
+    };
+    let result = check_and_run(shared, &policy, &request);
     let duration_ms = started.elapsed().as_millis() as u64;
     let logged_arguments = policy
         .commands
@@ -231,7 +253,7 @@ fn handle_exec(
         .map(|command| redact(command, arguments))
         .unwrap_or_default();
     match &result {
-        Ok(outcome) => tracing::info!(
+        Ok(RunResult { outcome, .. }) => tracing::info!(
             peer_uid = peer.uid,
             peer_pid = peer.pid,
             command = ?command_name,
@@ -256,9 +278,21 @@ fn handle_exec(
         ),
     }
     match result {
-        Ok(outcome) => MonitorMessage::ExecDone(outcome),
-        Err(error) => MonitorMessage::ExecFailed(error),
+        Ok(result) => (
+            MonitorMessage::ExecDone(result.outcome),
+            result.channel_readable,
+        ),
+        Err(error) => (MonitorMessage::ExecFailed(error), false),
     }
+}
+
+/// An Exec as the child sent it, with the identity and channel the monitor recorded.
+struct ExecRequest<'a> {
+    peer: &'a Peer,
+    channel: &'a OwnedFd,
+    command_name: &'a str,
+    arguments: &'a [(String, ArgValue)],
+    stdin: &'a [u8],
 }
 
 /// Renders arguments for the log: sensitive values replaced by their length.
@@ -291,11 +325,15 @@ fn redact(
 fn check_and_run(
     shared: &Arc<Shared>,
     policy: &Policy,
-    peer: &Peer,
-    command_name: &str,
-    arguments: &[(String, ArgValue)],
-    stdin: &[u8],
-) -> Result<channel::ExecOutcome, BrokerError> {
+    exec: &ExecRequest<'_>,
+) -> Result<RunResult, BrokerError> {
+    let ExecRequest {
+        peer,
+        channel,
+        command_name,
+        arguments,
+        stdin,
+    } = *exec;
     let Some(command) = policy.commands.get(command_name) else {
         return Err(BrokerError::new(
             ErrorKind::UnknownCommand,
@@ -362,6 +400,7 @@ fn check_and_run(
         stdin,
         peer,
         request_id: &request_id,
+        channel: Some(channel.as_fd()),
     };
     runner::run(&request, &shared.process_groups).map_err(|error| {
         tracing::error!(%error, command = ?command_name, "script failed to run");
