@@ -181,16 +181,123 @@ pub mod pre_exec {
         check(unsafe { libc::setrlimit(resource, &limit) })
     }
 
-    /// Switches to the script's user: supplementary groups, then gid, then uid, because
-    /// changing groups needs the privilege that the uid change gives up.
-    pub fn switch_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
+    /// Capabilities a script starts with, as bit masks prepared before fork.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum ScriptCapabilities {
+        /// No change: a root script gets the bounding set, any other user nothing.
+        Default,
+        /// A root script that gets exactly `keep`: every other capability is dropped from
+        /// its bounding set, which needs CAP_SETPCAP from `monitor_permitted`.
+        RootOnly { keep: u64, monitor_permitted: u64 },
+        /// A non-root script that gets `keep` as ambient capabilities.
+        Ambient { keep: u64 },
+    }
+
+    /// Highest capability number the loops below try; the kernel rejects unknown ones
+    /// with EINVAL, which is ignored.
+    const LAST_CAPABILITY: u32 = 63;
+
+    /// `struct __user_cap_header_struct` of linux/capability.h.
+    #[repr(C)]
+    struct CapabilityHeader {
+        version: u32,
+        pid: libc::c_int,
+    }
+
+    /// `struct __user_cap_data_struct` of linux/capability.h.
+    #[repr(C)]
+    struct CapabilityData {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+
+    /// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets as two data elements.
+    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+    /// Sets effective, permitted and inheritable of the calling thread (capset(2)).
+    fn set_capabilities(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+        let mut header = CapabilityHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let low = |mask: u64| mask as u32;
+        let high = |mask: u64| (mask >> 32) as u32;
+        let data = [
+            CapabilityData {
+                effective: low(effective),
+                permitted: low(permitted),
+                inheritable: low(inheritable),
+            },
+            CapabilityData {
+                effective: high(effective),
+                permitted: high(permitted),
+                inheritable: high(inheritable),
+            },
+        ];
+        // SAFETY: `header` and `data` are live and laid out as capset(2) requires for
+        // version 3 (one header, two data elements); the kernel only reads them.
+        let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+        check(rc as libc::c_int)
+    }
+
+    fn prctl(option: libc::c_int, arg2: libc::c_ulong, arg3: libc::c_ulong) -> io::Result<()> {
+        // SAFETY: the prctl options used here take integer arguments only.
+        check(unsafe { libc::prctl(option, arg2, arg3, 0 as libc::c_ulong, 0 as libc::c_ulong) })
+    }
+
+    /// Switches to the script's user and sets its capabilities: supplementary groups,
+    /// then gid, then uid, because changing groups needs the privilege that the uid
+    /// change gives up. Capability steps sit around the uid change as each plan needs.
+    pub fn switch_user(
+        uid: u32,
+        gid: u32,
+        groups: &[u32],
+        capabilities: ScriptCapabilities,
+    ) -> io::Result<()> {
+        if let ScriptCapabilities::RootOnly {
+            keep,
+            monitor_permitted,
+        } = capabilities
+        {
+            // Raise CAP_SETPCAP (held in permitted only) to drop bounding capabilities.
+            set_capabilities(monitor_permitted, monitor_permitted, 0)?;
+            for capability in 0..=LAST_CAPABILITY {
+                if keep & (1u64 << capability) == 0 {
+                    match prctl(libc::PR_CAPBSET_DROP, capability.into(), 0) {
+                        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {}
+                        other => other?,
+                    }
+                }
+            }
+        }
+        if let ScriptCapabilities::Ambient { .. } = capabilities {
+            // Keep permitted across the uid change so ambient can be raised after it.
+            prctl(libc::PR_SET_KEEPCAPS, 1, 0)?;
+        }
+
         // SAFETY: `groups` is a live slice; setgroups copies it. In the forked child only
         // this thread exists, so the raw calls need no cross-thread broadcast.
         check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
         // SAFETY: integer arguments only.
         check(unsafe { libc::setresgid(gid, gid, gid) })?;
         // SAFETY: integer arguments only.
-        check(unsafe { libc::setresuid(uid, uid, uid) })
+        check(unsafe { libc::setresuid(uid, uid, uid) })?;
+
+        if let ScriptCapabilities::Ambient { keep } = capabilities {
+            prctl(libc::PR_SET_KEEPCAPS, 0, 0)?;
+            set_capabilities(0, keep, keep)?;
+            for capability in 0..=LAST_CAPABILITY {
+                if keep & (1u64 << capability) != 0 {
+                    prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                        capability.into(),
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

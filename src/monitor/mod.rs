@@ -64,6 +64,8 @@ pub enum MonitorError {
 pub(crate) struct Shared {
     config: Config,
     policy: RwLock<Arc<Policy>>,
+    /// What the policy loaded at start may hand to scripts; reloads may not exceed it.
+    capability_needs: policy::CapabilityNeeds,
     registry: Arc<SessionRegistry>,
     pool: Arc<pool::Pool>,
     process_groups: runner::ProcessGroups,
@@ -138,6 +140,15 @@ impl Shared {
     fn reload_policy(&self) {
         let dir = &self.config.policy_dir;
         match policy::load_dir(dir) {
+            Ok(policy) if !self.capability_needs.covers(&policy.capability_needs()) => {
+                tracing::error!(
+                    policy_dir = %dir.display(),
+                    started_with = ?self.capability_needs,
+                    requested = ?policy.capability_needs(),
+                    "policy reload rejected: it gives scripts capabilities the broker dropped \
+                     at start; restart the broker to widen them"
+                );
+            }
             Ok(policy) => {
                 let names: Vec<&String> = policy.commands.keys().collect();
                 tracing::info!(policy_dir = %dir.display(), commands = ?names, "policy reloaded");
@@ -226,10 +237,16 @@ pub fn run(config: Config) -> Result<(), MonitorError> {
     signals.add(Signal::SIGHUP);
     signals.thread_block().map_err(MonitorError::Signals)?;
 
-    // From here on the monitor keeps in its effective set only what it uses itself.
-    // The bounding set stays whole for now, so root scripts keep root's usual set.
-    sandbox::restrict_monitor_capabilities(&caps::CapsHashSet::new(), true)?;
-    tracing::debug!("monitor capabilities restricted");
+    // From here on the monitor keeps in its effective set only what it uses itself. The
+    // bounding and permitted sets keep what the policy may hand to scripts, and no more:
+    // a reload can drop capabilities from scripts but never add any.
+    let capability_needs = policy.capability_needs();
+    let mut script_capabilities = capability_needs.declared.clone();
+    if capability_needs.restricts_root {
+        script_capabilities.insert(caps::Capability::CAP_SETPCAP);
+    }
+    sandbox::restrict_monitor_capabilities(&script_capabilities, capability_needs.full_bounding)?;
+    tracing::debug!(?capability_needs, "monitor capabilities restricted");
 
     let settings = ChildSettings {
         uid: unprivileged.uid.as_raw(),
@@ -247,6 +264,7 @@ pub fn run(config: Config) -> Result<(), MonitorError> {
     let shared = Arc::new(Shared {
         config,
         policy: RwLock::new(Arc::new(policy)),
+        capability_needs,
         registry: registry.clone(),
         pool: pool.clone(),
         process_groups: runner::ProcessGroups::default(),

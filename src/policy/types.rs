@@ -241,6 +241,10 @@ pub struct Command {
     pub argv: Vec<Template>,
     pub env: Vec<(String, Template)>,
     pub rlimits: Rlimits,
+    /// Capabilities the script gets. `None`: a root script keeps root's usual set and any
+    /// other user gets none. `Some`: exactly these, as the bounding set of a root script or
+    /// as ambient capabilities of any other user.
+    pub capabilities: Option<Vec<caps::Capability>>,
     /// Maximum concurrent runs of this command.
     pub max_concurrent: usize,
     /// File and line that defined the command, for messages.
@@ -278,7 +282,48 @@ pub struct Policy {
     pub commands: BTreeMap<String, Command>,
 }
 
+/// What a policy may hand to scripts, which decides the monitor's bounding and permitted
+/// capability sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapabilityNeeds {
+    /// A root command declares no capabilities, so it keeps root's usual set and the
+    /// bounding set must stay whole.
+    pub full_bounding: bool,
+    /// Union of every declared `capabilities` list.
+    pub declared: caps::CapsHashSet,
+    /// A root command declares capabilities, so the runner must cut the script's bounding
+    /// set, which takes CAP_SETPCAP.
+    pub restricts_root: bool,
+}
+
+impl CapabilityNeeds {
+    /// Returns whether a monitor set up for `self` can serve a policy that needs `other`:
+    /// capabilities can be dropped but never regained, so a reload may not ask for more.
+    pub fn covers(&self, other: &CapabilityNeeds) -> bool {
+        (self.full_bounding || !other.full_bounding)
+            && (self.restricts_root || !other.restricts_root)
+            && other.declared.is_subset(&self.declared)
+    }
+}
+
 impl Policy {
+    /// Returns what the commands of this policy may hand to their scripts.
+    pub fn capability_needs(&self) -> CapabilityNeeds {
+        let mut needs = CapabilityNeeds::default();
+        for command in self.commands.values() {
+            let root = command.run_as.uid == 0;
+            match &command.capabilities {
+                None if root => needs.full_bounding = true,
+                None => {}
+                Some(list) => {
+                    needs.declared.extend(list.iter().copied());
+                    needs.restricts_root |= root;
+                }
+            }
+        }
+        needs
+    }
+
     /// Returns the specs of the commands `peer` may run, sorted by name.
     pub fn specs_for(&self, peer: &Peer) -> Vec<CommandSpec> {
         self.commands

@@ -120,6 +120,7 @@ pub(super) fn compile_command(
         DEFAULT_MAX_CONCURRENT,
     );
     let rlimits = command.rlimits(raw.rlimits.as_ref());
+    let capabilities = command.capabilities(raw.capabilities.as_deref());
 
     if report.count() > errors_before {
         return None;
@@ -145,6 +146,7 @@ pub(super) fn compile_command(
         argv,
         env,
         rlimits,
+        capabilities,
         max_concurrent: to_unsigned(max_concurrent) as usize,
         origin: String::new(),
     })
@@ -454,6 +456,34 @@ impl CommandCompiler<'_, '_> {
             return None;
         }
         Some(to_unsigned(number))
+    }
+
+    /// Reads `capabilities`: names as the kernel spells them, such as
+    /// `CAP_NET_BIND_SERVICE`. `None` when the key is absent, which is not the same as an
+    /// empty list: a root command without the key keeps root's usual set.
+    fn capabilities(&mut self, names: Option<&[Spanned<String>]>) -> Option<Vec<caps::Capability>> {
+        let names = names?;
+        let mut capabilities = Vec::with_capacity(names.len());
+        for name in names {
+            match name.get_ref().parse::<caps::Capability>() {
+                Ok(capability) if capabilities.contains(&capability) => self.error(
+                    name,
+                    "capabilities",
+                    format!("{} is listed twice", name.get_ref()),
+                ),
+                Ok(capability) => capabilities.push(capability),
+                Err(_) => self.error(
+                    name,
+                    "capabilities",
+                    format!(
+                        "unknown capability {:?}; use a name such as CAP_NET_BIND_SERVICE",
+                        name.get_ref()
+                    ),
+                ),
+            }
+        }
+        capabilities.sort_by_key(|capability| capability.index());
+        Some(capabilities)
     }
 
     /// Checks the optional rlimits. The minimums keep a limit from making the exec fail:

@@ -28,6 +28,7 @@ pub(super) struct CommandTable {
     pub output_limit: Option<Spanned<i64>>,
     pub stdin_limit: Option<Spanned<i64>>,
     pub max_concurrent: Option<Spanned<i64>>,
+    pub capabilities: Option<Vec<Spanned<String>>>,
     pub rlimits: Option<RlimitsTable>,
     /// Read separately, one argument table at a time, so that an error in one argument
     /// does not hide the errors in the others.
