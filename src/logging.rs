@@ -44,7 +44,14 @@ pub fn init(log_file: Option<&Path>, level: tracing::Level) -> Result<(), Loggin
                 .with_writer(Mutex::new(file))
                 .try_init()
         }
-        None => builder.with_writer(std::io::stderr).try_init(),
+        None => {
+            // Colour only for a person at a terminal; journald and files get plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init()
+        }
     };
     result.map_err(|error| LoggingError::Install(error.to_string()))
 }
