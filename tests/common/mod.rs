@@ -250,18 +250,30 @@ impl Broker {
         params: &[(&str, &str)],
         env: &[(&str, &str)],
     ) -> Broker {
+        Broker::start_with_command(fixture, params, env, |_| {})
+    }
+
+    /// Like [`Broker::start_with_env`], with `configure` applied to the command just before
+    /// the broker is spawned, for example to hand the broker an extra descriptor.
+    pub fn start_with_command(
+        fixture: &Fixture,
+        params: &[(&str, &str)],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Broker {
         let arguments = broker_arguments(fixture, params);
         let stdout_path = fixture.path().join("broker.stdout");
         let stderr_path = fixture.path().join("broker.stderr");
-        let child = Command::new(BROKER_BINARY)
+        let mut command = Command::new(BROKER_BINARY);
+        command
             .args(&arguments)
             .envs(env.iter().copied())
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_path).unwrap())
-            .stderr(fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(fs::File::create(&stderr_path).unwrap());
+        configure(&mut command);
+        let child = command.spawn().unwrap();
 
         // From here on, Drop stops the broker even when waiting below panics.
         let mut broker = Broker {
