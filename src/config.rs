@@ -236,13 +236,13 @@ impl Config {
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
-            "socket_path" => self.socket_path = parse_absolute_path("socket_path", value)?,
+            "socket_path" => self.socket_path = parse_file_path("socket_path", value)?,
             "policy_dir" => self.policy_dir = parse_absolute_path("policy_dir", value)?,
             "log_file" => {
                 self.log_file = if value.is_empty() {
                     None
                 } else {
-                    Some(parse_absolute_path("log_file", value)?)
+                    Some(parse_file_path("log_file", value)?)
                 }
             }
             "mq_name" => self.mq_name = parse_mq_name(value)?,
@@ -385,6 +385,18 @@ fn parse_absolute_path(key: &'static str, value: &str) -> Result<PathBuf, Config
         return Err(invalid(key, value, expected));
     }
     Ok(path.to_path_buf())
+}
+
+/// Like [`parse_absolute_path`], for a path that names a file: no trailing slash.
+fn parse_file_path(key: &'static str, value: &str) -> Result<PathBuf, ConfigError> {
+    if value.ends_with('/') {
+        return Err(invalid(
+            key,
+            value,
+            "an absolute path to a file, without a trailing slash",
+        ));
+    }
+    parse_absolute_path(key, value)
 }
 
 fn parse_mq_name(value: &str) -> Result<String, ConfigError> {
@@ -538,6 +550,7 @@ mod tests {
             ("socket_permissions=0999", "socket_permissions", "0999"),
             ("socket_permissions=0066", "socket_permissions", "0066"),
             ("socket_path=relative.sock", "socket_path", "relative.sock"),
+            ("socket_path=/run/dir/", "socket_path", "/run/dir/"),
             ("mq_name=no_slash", "mq_name", "no_slash"),
             ("mq_name=/a/b", "mq_name", "/a/b"),
             ("authorised_peer_uid=-1", "authorised_peer_uid", "-1"),

@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -16,6 +16,11 @@ pub enum LoggingError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "refusing log file {path}: it must be owned by root and not writable by group or \
+         others (owner uid {uid}, mode {mode:o})"
+    )]
+    UnsafeFile { path: String, uid: u32, mode: u32 },
     #[error("failed to install the log subscriber: {0}")]
     Install(String),
 }
@@ -39,6 +44,18 @@ pub fn init(log_file: Option<&Path>, level: tracing::Level) -> Result<(), Loggin
                     path: path.display().to_string(),
                     source,
                 })?;
+            // Another user who can write the log could forge or erase audit records.
+            let metadata = file.metadata().map_err(|source| LoggingError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if metadata.uid() != 0 || metadata.mode() & 0o022 != 0 {
+                return Err(LoggingError::UnsafeFile {
+                    path: path.display().to_string(),
+                    uid: metadata.uid(),
+                    mode: metadata.mode() & 0o7777,
+                });
+            }
             builder
                 .with_ansi(false)
                 .with_writer(Mutex::new(file))

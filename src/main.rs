@@ -43,13 +43,22 @@ fn check_policy(args: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            println!("{error}");
+            for entry in &error.errors {
+                println!("{entry}");
+            }
+            eprintln!("{dir}: invalid, {} errors", error.errors.len());
             ExitCode::FAILURE
         }
     }
 }
 
 fn run_broker(args: &[String]) -> ExitCode {
+    // Descriptors inherited from whoever started the broker must not reach its children;
+    // parser children close everything anyway, and this covers what the monitor starts.
+    if let Err(error) = secure_socket::sys::mark_inherited_cloexec() {
+        eprintln!("secure_socket: failed to mark inherited descriptors close-on-exec: {error}");
+        return ExitCode::FAILURE;
+    }
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(error) => {
@@ -59,6 +68,9 @@ fn run_broker(args: &[String]) -> ExitCode {
     };
     if let Err(error) = logging::init(config.log_file.as_deref(), config.verbosity) {
         eprintln!("secure_socket: {error}");
+        if let Some(source) = std::error::Error::source(&error) {
+            eprintln!("  caused by: {source}");
+        }
         return ExitCode::FAILURE;
     }
     match monitor::run(config) {
@@ -66,10 +78,20 @@ fn run_broker(args: &[String]) -> ExitCode {
         Err(error) => {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "broker failed to start");
             eprintln!("secure_socket: {error}");
+            if let monitor::MonitorError::Policy { errors, .. } = &error {
+                for entry in errors {
+                    eprintln!("  {entry}");
+                }
+            }
             if let Some(source) = std::error::Error::source(&error) {
                 eprintln!("  caused by: {source}");
             }
-            ExitCode::FAILURE
+            match error {
+                monitor::MonitorError::UnknownUser { .. } | monitor::MonitorError::Conflict(_) => {
+                    ExitCode::from(EXIT_INVALID_PARAMETERS)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }
