@@ -134,6 +134,12 @@ pub fn random_u64() -> io::Result<u64> {
     Ok(u64::from_le_bytes(bytes))
 }
 
+/// Marks every descriptor from 3 up close-on-exec (close_range(2) with
+/// CLOSE_RANGE_CLOEXEC): used at start for descriptors the broker inherited.
+pub fn mark_inherited_cloexec() -> io::Result<()> {
+    pre_exec::cloexec_from_3()
+}
+
 /// Steps run in a forked child between fork and exec. Everything here must be
 /// async-signal-safe, because the monitor is multi-threaded: only raw system calls, no
 /// allocation, no locks.
@@ -152,6 +158,18 @@ pub mod pre_exec {
     pub fn new_session() -> io::Result<()> {
         // SAFETY: setsid takes no arguments and is async-signal-safe.
         check(unsafe { libc::setsid() })
+    }
+
+    /// Asks the kernel to SIGKILL this process when the thread that forked it exits, and
+    /// fails when that thread's process is already gone (the parent is no longer
+    /// `parent_pid`). Must come after the uid change, which clears the setting.
+    pub fn kill_with_parent(parent_pid: libc::pid_t) -> io::Result<()> {
+        prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0)?;
+        // SAFETY: getppid takes no arguments and cannot fail.
+        if unsafe { libc::getppid() } != parent_pid {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        Ok(())
     }
 
     /// Marks every descriptor from 3 up close-on-exec (close_range(2) with

@@ -38,27 +38,35 @@ pub struct ChildSettings {
     pub max_frame_bytes: usize,
     pub request_timeout: Duration,
     pub max_requests: u32,
+    /// Pid of the monitor, to detect that it died before this child asked to die with it.
+    pub monitor_pid: i32,
 }
 
 impl ChildSettings {
     /// Renders the settings as arguments after [`ROLE_ARGUMENT`].
     pub fn to_args(&self) -> Vec<String> {
-        let sandbox = match self.sandbox {
-            SandboxMode::Strict => "strict",
-            SandboxMode::BestEffort => "best-effort",
-        };
         vec![
             self.uid.to_string(),
             self.gid.to_string(),
-            sandbox.to_string(),
+            self.sandbox.to_string(),
             self.max_frame_bytes.to_string(),
             self.request_timeout.as_millis().to_string(),
             self.max_requests.to_string(),
+            self.monitor_pid.to_string(),
         ]
     }
 
     fn from_args(args: &[String]) -> Option<ChildSettings> {
-        let [uid, gid, sandbox, max_frame_bytes, timeout_ms, max_requests] = args else {
+        let [
+            uid,
+            gid,
+            sandbox,
+            max_frame_bytes,
+            timeout_ms,
+            max_requests,
+            monitor_pid,
+        ] = args
+        else {
             return None;
         };
         Some(ChildSettings {
@@ -68,6 +76,7 @@ impl ChildSettings {
             max_frame_bytes: max_frame_bytes.parse().ok()?,
             request_timeout: Duration::from_millis(timeout_ms.parse().ok()?),
             max_requests: max_requests.parse().ok()?,
+            monitor_pid: monitor_pid.parse().ok()?,
         })
     }
 }
@@ -91,6 +100,14 @@ pub fn run(args: &[String]) -> ExitCode {
 
     // Privileges go first, while the filters still allow setgroups and setresuid.
     if sandbox::drop_privileges(settings.uid, settings.gid).is_err() {
+        return ExitCode::from(EXIT_SETUP_FAILED);
+    }
+    // Die with the monitor. The uid change above clears this setting, so it comes after.
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).is_err() {
+        return ExitCode::from(EXIT_SETUP_FAILED);
+    }
+    // A monitor that died before the call above left this process to another parent.
+    if nix::unistd::getppid().as_raw() != settings.monitor_pid {
         return ExitCode::from(EXIT_SETUP_FAILED);
     }
     let status = match sandbox::confine_parser_child(settings.sandbox) {
@@ -121,7 +138,7 @@ pub fn run(args: &[String]) -> ExitCode {
             method: String::new(),
             command: String::new(),
             outcome: "ok".to_string(),
-            detail: format!("{status:?}"),
+            detail: status.to_string(),
         },
         PRIORITY_INFO,
     );

@@ -188,10 +188,11 @@ fn spawn(request: &RunRequest<'_>) -> Result<Child, RunError> {
     let supplementary = command.run_as.groups.clone();
     let rlimits = rlimit_list(command);
     let capabilities = script_capabilities(command);
+    let monitor_pid = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec in a multi-threaded process. It only
     // makes raw system calls (setsid, setrlimit, close_range, capset, prctl, setgroups,
-    // setresgid, setresuid) on data captured before fork; it neither allocates nor takes
-    // locks.
+    // setresgid, setresuid, getppid) on data captured before fork; it neither allocates
+    // nor takes locks.
     unsafe {
         process.pre_exec(move || {
             sys::pre_exec::new_session()?;
@@ -199,7 +200,10 @@ fn spawn(request: &RunRequest<'_>) -> Result<Child, RunError> {
                 sys::pre_exec::set_rlimit(*resource, *value)?;
             }
             sys::pre_exec::cloexec_from_3()?;
-            sys::pre_exec::switch_user(uid, gid, &supplementary, capabilities)
+            sys::pre_exec::switch_user(uid, gid, &supplementary, capabilities)?;
+            // A script must not outlive a monitor that is killed: nothing would enforce
+            // its timeout any more.
+            sys::pre_exec::kill_with_parent(monitor_pid)
         });
     }
     process.spawn().map_err(|error| RunError::Spawn {
