@@ -344,59 +344,62 @@ pub fn run_logger(
 }
 
 fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
-    let peer = registry.peer(event.session_id);
-    let peer_uid = peer.as_ref().map(|p| p.uid);
-    let peer_pid = peer.as_ref().map(|p| p.pid);
-    if event.dropped > 0 {
+    let Some(peer) = registry.peer(event.session_id) else {
         tracing::warn!(
             session = event.session_id,
-            ?peer_uid,
+            outcome = ?event.outcome,
+            detail = ?event.detail,
+            "audit event from an unknown session, identity not verified"
+        );
+        return;
+    };
+    let peer_uid = peer.uid;
+    let peer_pid = peer.pid;
+    let duration_ms = event.duration_us as f64 / 1000.0;
+    if event.dropped > 0 {
+        tracing::warn!(
+            peer_uid,
+            peer_pid,
             dropped = event.dropped,
             "audit events dropped because the queue was full"
         );
     }
-    if peer.is_none() {
-        tracing::warn!(
-            session = event.session_id,
-            "audit event from an unknown session; identity not verified"
-        );
-    }
     match (event.kind, priority >= PRIORITY_WARN) {
         (EventKind::Request, false) => tracing::info!(
-            ?peer_uid,
-            ?peer_pid,
+            peer_uid,
+            peer_pid,
             method = ?event.method,
             command = ?event.command,
             outcome = ?event.outcome,
             detail = ?event.detail,
-            duration_us = event.duration_us,
+            duration_ms,
             "request"
         ),
         (EventKind::Request, true) => tracing::warn!(
-            ?peer_uid,
-            ?peer_pid,
+            peer_uid,
+            peer_pid,
             method = ?event.method,
             command = ?event.command,
             outcome = ?event.outcome,
             detail = ?event.detail,
-            duration_us = event.duration_us,
+            duration_ms,
             "request rejected"
         ),
         (EventKind::ProtocolError, _) => tracing::warn!(
-            ?peer_uid,
-            ?peer_pid,
+            peer_uid,
+            peer_pid,
             outcome = ?event.outcome,
             detail = ?event.detail,
             "protocol error"
         ),
         (EventKind::Sandbox, _) => tracing::debug!(
-            ?peer_uid,
+            peer_uid,
             detail = ?event.detail,
             "parser child sandbox status"
         ),
         (EventKind::ConnectionClosed, _) => tracing::debug!(
-            ?peer_uid,
-            ?peer_pid,
+            peer_uid,
+            peer_pid,
             detail = ?event.detail,
             "connection closed"
         ),

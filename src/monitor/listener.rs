@@ -25,6 +25,8 @@ pub enum ListenerError {
     },
     #[error("refusing socket directory {path}: {reason}")]
     UnsafeDirectory { path: PathBuf, reason: String },
+    #[error("refusing directory {path} above the socket: {reason}")]
+    UnsafeAncestor { path: PathBuf, reason: String },
     #[error("failed to create socket directory {path}")]
     CreateDirectory {
         path: PathBuf,
@@ -229,7 +231,7 @@ fn stat_directory(fd: &OwnedFd, path: &Path) -> Result<FileStat, ListenerError> 
 
 fn check_ancestor(fd: &OwnedFd, path: &Path) -> Result<(), ListenerError> {
     let stat = stat_directory(fd, path)?;
-    let unsafe_directory = |reason: String| ListenerError::UnsafeDirectory {
+    let unsafe_directory = |reason: String| ListenerError::UnsafeAncestor {
         path: path.to_path_buf(),
         reason,
     };

@@ -63,6 +63,8 @@ fn read_peer_executable(connection: &OwnedFd, pid: i32, uid: u32, gid: u32) -> O
 #[derive(Debug, Clone, Default)]
 pub struct PeerFilter {
     pub uid: Option<u32>,
+    /// The parameter that set `uid`, for messages.
+    pub uid_parameter: &'static str,
     pub gid: Option<u32>,
     pub pid: Option<i32>,
     pub process_name: Option<String>,
@@ -71,8 +73,14 @@ pub struct PeerFilter {
 impl PeerFilter {
     /// Builds the filter; `username_uid` is authorised_peer_username resolved to a uid.
     pub fn new(config: &Config, username_uid: Option<u32>) -> PeerFilter {
+        let uid_parameter = if config.authorised_peer_uid.is_some() {
+            "authorised_peer_uid"
+        } else {
+            "authorised_peer_username"
+        };
         PeerFilter {
             uid: config.authorised_peer_uid.or(username_uid),
+            uid_parameter,
             gid: config.authorised_peer_gid,
             pid: config.authorised_peer_pid,
             process_name: config.authorised_peer_process_name.clone(),
@@ -83,7 +91,7 @@ impl PeerFilter {
     /// set must match.
     pub fn check(&self, peer: &Peer) -> Result<(), &'static str> {
         if self.uid.is_some_and(|uid| uid != peer.uid) {
-            return Err("authorised_peer_uid");
+            return Err(self.uid_parameter);
         }
         if self.gid.is_some_and(|gid| gid != peer.gid) {
             return Err("authorised_peer_gid");
@@ -128,6 +136,7 @@ mod tests {
     fn filter_uid_mismatch_named() {
         let filter = PeerFilter {
             uid: Some(0),
+            uid_parameter: "authorised_peer_uid",
             ..PeerFilter::default()
         };
         assert_eq!(filter.check(&peer()), Err("authorised_peer_uid"));

@@ -137,11 +137,11 @@ method List() -> (commands: []CommandInfo)
 # Describes a command that the caller may run.
 method Describe(command: string) -> (command: CommandInfo)
 
-# No command of this name exists for the caller. A command that the caller may not run
-# gets this error too, so that the error does not reveal which commands exist.
+# No command of this name exists. Describe also returns it for a command that the caller
+# may not run, so that introspection shows nothing beyond the caller's own commands.
 error UnknownCommand (command: string, message: string)
 
-# The caller may not run the command.
+# Run of a command that exists but that the caller may not run.
 error PermissionDenied (command: string, message: string)
 
 # An argument breaks a rule of the command's policy. rule is one of unknown, required,
