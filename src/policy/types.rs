@@ -186,6 +186,12 @@ pub struct CommandSpec {
     pub output_limit: usize,
     /// Maximum stdin payload in bytes; 0 means stdin is /dev/null.
     pub stdin_limit: usize,
+    /// Maximum concurrent runs, shown to clients; the monitor enforces the copy in
+    /// [`Command`].
+    pub max_concurrent: usize,
+    /// Per-peer rate limit, shown to clients; the monitor enforces the copy in
+    /// [`Command`].
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// One element of an argv or environment template.
@@ -228,6 +234,21 @@ pub struct RunAs {
     pub groups: Vec<u32>,
 }
 
+/// A per-peer rate limit: a token bucket of `requests` tokens that refills at `requests`
+/// per `per_seconds`. Both values are at least 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+impl RateLimit {
+    /// Returns the time in which the bucket regains one token.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(u64::from(self.per_seconds)) / self.requests.max(1)
+    }
+}
+
 /// A fully compiled command, kept by the monitor only.
 #[derive(Debug, Clone)]
 pub struct Command {
@@ -247,6 +268,8 @@ pub struct Command {
     pub capabilities: Option<Vec<caps::Capability>>,
     /// Maximum concurrent runs of this command.
     pub max_concurrent: usize,
+    /// Maximum request rate of one peer uid for this command; `None` means no limit.
+    pub rate_limit: Option<RateLimit>,
     /// File and line that defined the command, for messages.
     pub origin: String,
 }

@@ -13,10 +13,12 @@ use toml::de::DeValue;
 use super::FileReport;
 use super::accounts::{resolve_account, resolve_gid, resolve_uid, supplementary_groups};
 use super::arguments::compile_arguments;
-use super::raw::{CommandTable, IdRef, RlimitsTable};
+use super::raw::{CommandTable, IdRef, RateLimitTable, RlimitsTable};
 use super::template::{CODE_LOADING_VARIABLES, check_env_name, parse_template};
 use super::trust::check_script;
-use crate::policy::types::{Command, CommandSpec, Rlimits, RunAs, Template, TemplatePart};
+use crate::policy::types::{
+    Command, CommandSpec, RateLimit, Rlimits, RunAs, Template, TemplatePart,
+};
 use crate::policy::validate::{
     ArgError, check_path_syntax, describe_path_rule, find_forbidden_character,
 };
@@ -34,6 +36,9 @@ const DEFAULT_STDIN_LIMIT: i64 = 0;
 const STDIN_LIMIT_RANGE: RangeInclusive<i64> = 0..=65_536;
 const DEFAULT_MAX_CONCURRENT: i64 = 4;
 const MAX_CONCURRENT_RANGE: RangeInclusive<i64> = 1..=1024;
+const RATE_LIMIT_REQUESTS_RANGE: RangeInclusive<i64> = 1..=10_000;
+/// Up to one day.
+const RATE_LIMIT_PER_SECONDS_RANGE: RangeInclusive<i64> = 1..=86_400;
 
 /// Compiles the command `name` whose table is `definition`. Returns `None` when any
 /// problem was recorded.
@@ -119,6 +124,7 @@ pub(super) fn compile_command(
         MAX_CONCURRENT_RANGE,
         DEFAULT_MAX_CONCURRENT,
     );
+    let rate_limit = command.rate_limit(raw.rate_limit.as_ref());
     let rlimits = command.rlimits(raw.rlimits.as_ref());
     let capabilities = command.capabilities(raw.capabilities.as_deref());
 
@@ -137,6 +143,8 @@ pub(super) fn compile_command(
             capture_output: raw.capture_output.unwrap_or(false),
             output_limit: to_unsigned(output_limit) as usize,
             stdin_limit: to_unsigned(stdin_limit) as usize,
+            max_concurrent: to_unsigned(max_concurrent) as usize,
+            rate_limit,
         },
         script,
         run_as,
@@ -148,6 +156,7 @@ pub(super) fn compile_command(
         rlimits,
         capabilities,
         max_concurrent: to_unsigned(max_concurrent) as usize,
+        rate_limit,
         origin: String::new(),
     })
 }
@@ -484,6 +493,49 @@ impl CommandCompiler<'_, '_> {
         }
         capabilities.sort_by_key(|capability| capability.index());
         Some(capabilities)
+    }
+
+    /// Reads `rate_limit`. Both keys are required, so that a table with one of them left
+    /// out is an error rather than a limit that silently takes a default.
+    fn rate_limit(&mut self, table: Option<&Spanned<RateLimitTable>>) -> Option<RateLimit> {
+        let table = table?;
+        // A misspelt key was reported as unknown already, so reporting the key it was meant
+        // to be as missing too would only repeat the problem.
+        let misspelt = self.dropped.contains("rate_limit");
+        let mut value = |key: Option<&Spanned<i64>>, name: &str, range: RangeInclusive<i64>| {
+            let Some(key) = key else {
+                if !misspelt {
+                    let problem = format!("missing required key {name}");
+                    self.error(table, &format!("rate_limit.{name}"), problem);
+                }
+                return None;
+            };
+            let number = *key.get_ref();
+            if !range.contains(&number) {
+                let problem = format!(
+                    "{number} is outside the range {} to {}",
+                    range.start(),
+                    range.end()
+                );
+                self.error(key, &format!("rate_limit.{name}"), problem);
+                return None;
+            }
+            u32::try_from(number).ok()
+        };
+        let requests = value(
+            table.get_ref().requests.as_ref(),
+            "requests",
+            RATE_LIMIT_REQUESTS_RANGE,
+        );
+        let per_seconds = value(
+            table.get_ref().per_seconds.as_ref(),
+            "per_seconds",
+            RATE_LIMIT_PER_SECONDS_RANGE,
+        );
+        Some(RateLimit {
+            requests: requests?,
+            per_seconds: per_seconds?,
+        })
     }
 
     /// Checks the optional rlimits. The minimums keep a limit from making the exec fail:

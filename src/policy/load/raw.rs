@@ -28,6 +28,7 @@ pub(super) struct CommandTable {
     pub output_limit: Option<Spanned<i64>>,
     pub stdin_limit: Option<Spanned<i64>>,
     pub max_concurrent: Option<Spanned<i64>>,
+    pub rate_limit: Option<Spanned<RateLimitTable>>,
     pub capabilities: Option<Vec<Spanned<String>>>,
     pub rlimits: Option<RlimitsTable>,
     /// Read separately, one argument table at a time, so that an error in one argument
@@ -45,6 +46,14 @@ pub(super) struct RlimitsTable {
     pub open_files: Option<Spanned<i64>>,
     pub processes: Option<Spanned<i64>>,
     pub file_size: Option<Spanned<i64>>,
+}
+
+/// `rate_limit = { requests = N, per_seconds = S }`, or a `[command.NAME.rate_limit]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RateLimitTable {
+    pub requests: Option<Spanned<i64>>,
+    pub per_seconds: Option<Spanned<i64>>,
 }
 
 /// `[command.NAME.arguments.ARGUMENT]`. Keys that do not apply to the declared type are

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::template::parse_template;
 use super::*;
-use crate::policy::types::{ArgKind, Rlimits, TemplatePart};
+use crate::policy::types::{ArgKind, RateLimit, Rlimits, TemplatePart};
 
 static NEXT_FIXTURE: AtomicUsize = AtomicUsize::new(0);
 
@@ -1099,6 +1099,99 @@ fn numeric_limits_at_bounds() {
                  max_concurrent = 1024";
     fixture.write_policy("a.toml", &command("ping", &fixture.script(), extra));
     assert!(fixture.load().is_ok());
+}
+
+#[test]
+fn rate_limit_inline_and_table() {
+    let fixture = Fixture::new();
+    let script = fixture.script();
+    let inline = command(
+        "inline",
+        &script,
+        "rate_limit = { requests = 10, per_seconds = 60 }",
+    );
+    let table = command(
+        "table",
+        &script,
+        "[command.table.rate_limit]\nrequests = 1\nper_seconds = 86400",
+    );
+    fixture.write_policy("a.toml", &format!("{inline}\n{table}"));
+    let policy = fixture.load().unwrap();
+    let expected = RateLimit {
+        requests: 10,
+        per_seconds: 60,
+    };
+    assert_eq!(policy.commands["inline"].rate_limit, Some(expected));
+    assert_eq!(
+        policy.commands["inline"].rate_limit.unwrap().interval(),
+        std::time::Duration::from_secs(6)
+    );
+    let expected = RateLimit {
+        requests: 1,
+        per_seconds: 86_400,
+    };
+    assert_eq!(policy.commands["table"].rate_limit, Some(expected));
+}
+
+#[test]
+fn rate_limit_absent_by_default() {
+    let fixture = Fixture::new();
+    fixture.write_policy("a.toml", &command("ping", &fixture.script(), ""));
+    assert_eq!(fixture.load().unwrap().commands["ping"].rate_limit, None);
+}
+
+#[test]
+fn rate_limit_errors() {
+    let cases = [
+        (
+            "rate_limit = { requests = 10, per_second = 60 }",
+            "command.ping.rate_limit.per_second",
+            "per_second",
+        ),
+        (
+            "rate_limit = { requests = 10 }",
+            "command.ping.rate_limit.per_seconds",
+            "rate_limit",
+        ),
+        (
+            "rate_limit = { per_seconds = 60 }",
+            "command.ping.rate_limit.requests",
+            "rate_limit",
+        ),
+        (
+            "rate_limit = { requests = 0, per_seconds = 60 }",
+            "command.ping.rate_limit.requests",
+            "requests = 0",
+        ),
+        (
+            "rate_limit = { requests = 10001, per_seconds = 60 }",
+            "command.ping.rate_limit.requests",
+            "requests = 10001",
+        ),
+        (
+            "rate_limit = { requests = 10, per_seconds = 0 }",
+            "command.ping.rate_limit.per_seconds",
+            "per_seconds = 0",
+        ),
+        (
+            "rate_limit = { requests = 10, per_seconds = 86401 }",
+            "command.ping.rate_limit.per_seconds",
+            "per_seconds = 86401",
+        ),
+        (
+            "rate_limit = { requests = \"10\", per_seconds = 60 }",
+            "command.ping.rate_limit.requests",
+            "requests = ",
+        ),
+        ("rate_limit = 10", "command.ping.rate_limit", "rate_limit"),
+    ];
+    for (line, key, place) in cases {
+        let fixture = Fixture::new();
+        let text = command("ping", &fixture.script(), line);
+        let error = single_error(&fixture, &text);
+        assert_eq!(error.key, key, "case {line}: {error}");
+        assert_eq!(error.line, Some(line_of(&text, place)), "case {line}");
+    }
 }
 
 /// Loads a command with one argument `arg` declared by `body` and returns the only error.

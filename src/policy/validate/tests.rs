@@ -404,6 +404,8 @@ fn command(arguments: Vec<ArgSpec>) -> CommandSpec {
         capture_output: false,
         output_limit: 1024,
         stdin_limit: 0,
+        max_concurrent: 4,
+        rate_limit: None,
     }
 }
 
