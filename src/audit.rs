@@ -135,6 +135,8 @@ pub struct Event {
     pub outcome: String,
     /// Extra detail: the argument and rule of a rejection, a sandbox status.
     pub detail: String,
+    /// Id of the request, also sent to the client with an error reply.
+    pub request_id: String,
 }
 
 fn push_text(buffer: &mut Vec<u8>, text: &str) {
@@ -147,7 +149,7 @@ fn push_text(buffer: &mut Vec<u8>, text: &str) {
 }
 
 impl Event {
-    /// Encodes the event: session id, kind, dropped count, duration, then four
+    /// Encodes the event: session id, kind, dropped count, duration, then five
     /// length-prefixed (one byte) UTF-8 fields cut at MAX_FIELD_BYTES.
     pub fn encode(&self) -> Vec<u8> {
         let mut buffer = Vec::with_capacity(64);
@@ -159,6 +161,7 @@ impl Event {
         push_text(&mut buffer, &self.command);
         push_text(&mut buffer, &self.outcome);
         push_text(&mut buffer, &self.detail);
+        push_text(&mut buffer, &self.request_id);
         buffer
     }
 
@@ -179,6 +182,7 @@ impl Event {
         let command = reader.text()?;
         let outcome = reader.text()?;
         let detail = reader.text()?;
+        let request_id = reader.text()?;
         if reader.at != bytes.len() {
             return None;
         }
@@ -191,6 +195,7 @@ impl Event {
             command,
             outcome,
             detail,
+            request_id,
         })
     }
 }
@@ -240,6 +245,11 @@ impl AuditSender {
 
     pub fn set_session(&mut self, session_id: u64) {
         self.session_id = session_id;
+    }
+
+    /// Events dropped since the last event that reached the queue.
+    pub fn dropped(&self) -> u32 {
+        self.dropped
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -347,14 +357,21 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
     let Some(peer) = registry.peer(event.session_id) else {
         tracing::warn!(
             session = event.session_id,
-            outcome = ?event.outcome,
-            detail = ?event.detail,
+            outcome = %event.outcome.escape_debug(),
+            detail = %event.detail.escape_debug(),
             "audit event from an unknown session, identity not verified"
         );
         return;
     };
     let peer_uid = peer.uid;
+    let peer_gid = peer.gid;
     let peer_pid = peer.pid;
+    let peer_exe = peer
+        .exe
+        .as_ref()
+        .map(|exe| exe.display().to_string().escape_debug().to_string())
+        .unwrap_or_default();
+    let request_id = event.request_id.escape_debug().to_string();
     let duration_ms = event.duration_us as f64 / 1000.0;
     if event.dropped > 0 {
         tracing::warn!(
@@ -367,40 +384,48 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
     match (event.kind, priority >= PRIORITY_WARN) {
         (EventKind::Request, false) => tracing::info!(
             peer_uid,
+            peer_gid,
             peer_pid,
-            method = ?event.method,
-            command = ?event.command,
-            outcome = ?event.outcome,
-            detail = ?event.detail,
+            peer_exe = %peer_exe,
+            request_id = %request_id,
+            decision = "answered",
+            method = %event.method.escape_debug(),
+            command = %event.command.escape_debug(),
+            outcome = %event.outcome.escape_debug(),
+            detail = %event.detail.escape_debug(),
             duration_ms,
             "request"
         ),
         (EventKind::Request, true) => tracing::warn!(
             peer_uid,
+            peer_gid,
             peer_pid,
-            method = ?event.method,
-            command = ?event.command,
-            outcome = ?event.outcome,
-            detail = ?event.detail,
+            peer_exe = %peer_exe,
+            request_id = %request_id,
+            decision = "rejected",
+            method = %event.method.escape_debug(),
+            command = %event.command.escape_debug(),
+            outcome = %event.outcome.escape_debug(),
+            detail = %event.detail.escape_debug(),
             duration_ms,
             "request rejected"
         ),
         (EventKind::ProtocolError, _) => tracing::warn!(
             peer_uid,
             peer_pid,
-            outcome = ?event.outcome,
-            detail = ?event.detail,
+            outcome = %event.outcome.escape_debug(),
+            detail = %event.detail.escape_debug(),
             "protocol error"
         ),
         (EventKind::Sandbox, _) => tracing::debug!(
             peer_uid,
-            detail = ?event.detail,
+            detail = %event.detail.escape_debug(),
             "parser child sandbox status"
         ),
         (EventKind::ConnectionClosed, _) => tracing::debug!(
             peer_uid,
             peer_pid,
-            detail = ?event.detail,
+            detail = %event.detail.escape_debug(),
             "connection closed"
         ),
     }
@@ -420,6 +445,7 @@ mod tests {
             command: "déjà".to_string(),
             outcome: "ok".to_string(),
             detail: String::new(),
+            request_id: "00000000000000ab-1".to_string(),
         }
     }
 

@@ -139,11 +139,14 @@ pub fn run(args: &[String]) -> ExitCode {
             command: String::new(),
             outcome: "ok".to_string(),
             detail: status.to_string(),
+            request_id: String::new(),
         },
         PRIORITY_INFO,
     );
 
     let mut session = serve::Session {
+        session_id,
+        requests: 0,
         client,
         channel,
         audit,

@@ -19,6 +19,10 @@ use crate::protocol::varlink::{self, Request};
 use crate::protocol::{BrokerError, ErrorKind};
 
 pub(super) struct Session {
+    /// Random id the monitor gave this connection; request ids are derived from it.
+    pub session_id: u64,
+    /// Requests read so far on this connection.
+    pub requests: u64,
     pub client: OwnedFd,
     pub channel: OwnedFd,
     pub audit: AuditSender,
@@ -56,7 +60,8 @@ impl Session {
 
     /// Tells the monitor the client is done. The connection closes when the process exits.
     pub fn finish(&mut self) {
-        let _ = self.send_to_monitor(&ChildMessage::Bye);
+        let dropped_events = self.audit.dropped();
+        let _ = self.send_to_monitor(&ChildMessage::Bye { dropped_events });
     }
 
     fn handle_frame_error(&mut self, error: FrameError) {
@@ -92,10 +97,18 @@ impl Session {
         }
     }
 
+    /// Returns the id of the current request, for requests this child answers itself:
+    /// the session id and the request's number on the connection.
+    fn request_id(&self) -> String {
+        format!("{:016x}-{}", self.session_id, self.requests)
+    }
+
     fn handle_frame(&mut self, frame: &[u8], started: Instant) -> Next {
+        self.requests += 1;
         let call = match varlink::parse_call(frame) {
             Ok(call) => call,
             Err(error) => {
+                let error = error.with_request_id(self.request_id());
                 self.write_error(&error);
                 self.request_event("", "", &error, started);
                 return Next::Continue;
@@ -156,6 +169,7 @@ impl Session {
                 self.ok_event(method, &command, started);
             }
             Err(error) => {
+                let error = error.with_request_id(self.request_id());
                 if !oneway {
                     self.write_error(&error);
                 }
@@ -191,6 +205,7 @@ impl Session {
         let arguments = match checked {
             Ok(arguments) => arguments,
             Err(error) => {
+                let error = error.with_request_id(self.request_id());
                 if !oneway {
                     self.write_error(&error);
                 }
@@ -299,6 +314,7 @@ impl Session {
                 command: command.to_string(),
                 outcome: "ok".to_string(),
                 detail: String::new(),
+                request_id: self.request_id(),
             },
             PRIORITY_INFO,
         );
@@ -326,6 +342,7 @@ impl Session {
                 command: command.to_string(),
                 outcome: error.varlink_name().to_string(),
                 detail,
+                request_id: error.request_id.clone(),
             },
             PRIORITY_WARN,
         );
@@ -342,6 +359,7 @@ impl Session {
                 command: String::new(),
                 outcome: outcome.to_string(),
                 detail: detail.to_string(),
+                request_id: String::new(),
             },
             PRIORITY_WARN,
         );

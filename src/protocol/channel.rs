@@ -38,8 +38,10 @@ pub enum ChildMessage {
         arguments: Vec<(String, ArgValue)>,
         stdin: Vec<u8>,
     },
-    /// The client is done; the child exits after sending this.
-    Bye,
+    /// The client is done; the child exits after sending this. Carries the number of
+    /// audit events the child dropped since its last event that reached the queue, so
+    /// that drops at the end of a session are still counted.
+    Bye { dropped_events: u32 },
 }
 
 /// Monitor to parser child.
@@ -157,7 +159,10 @@ pub fn encode_child_message(message: &ChildMessage) -> Vec<u8> {
             }
             writer.bytes(stdin);
         }
-        ChildMessage::Bye => writer.u8(TAG_BYE),
+        ChildMessage::Bye { dropped_events } => {
+            writer.u8(TAG_BYE);
+            writer.u32(*dropped_events);
+        }
     }
     writer.bytes
 }
@@ -196,7 +201,9 @@ pub fn decode_child_message(bytes: &[u8]) -> Result<ChildMessage, DecodeError> {
                 stdin,
             }
         }
-        TAG_BYE => ChildMessage::Bye,
+        TAG_BYE => ChildMessage::Bye {
+            dropped_events: reader.u32("dropped events")?,
+        },
         tag => return Err(DecodeError::UnknownTag { field: "tag", tag }),
     };
     reader.finish()?;
@@ -250,6 +257,7 @@ pub fn encode_monitor_message(message: &MonitorMessage) -> Vec<u8> {
             writer.bytes(error.field.as_bytes());
             writer.bytes(error.rule.as_bytes());
             writer.bytes(error.message.as_bytes());
+            writer.bytes(error.request_id.as_bytes());
         }
     }
     writer.bytes
@@ -335,7 +343,10 @@ pub fn decode_monitor_message(bytes: &[u8]) -> Result<MonitorMessage, DecodeErro
             let field = reader.string("error field", MAX_NAME_BYTES)?;
             let rule = reader.string("error rule", MAX_NAME_BYTES)?;
             let message = reader.string("error message", MAX_VALUE_BYTES)?;
-            MonitorMessage::ExecFailed(BrokerError::new(kind, field, rule, message))
+            let request_id = reader.string("request id", MAX_REQUEST_ID_BYTES)?;
+            MonitorMessage::ExecFailed(
+                BrokerError::new(kind, field, rule, message).with_request_id(request_id),
+            )
         }
         tag => return Err(DecodeError::UnknownTag { field: "tag", tag }),
     };
@@ -533,7 +544,10 @@ mod tests {
     #[test]
     fn child_message_round_trip() {
         let messages = [
-            ChildMessage::Bye,
+            ChildMessage::Bye { dropped_events: 0 },
+            ChildMessage::Bye {
+                dropped_events: u32::MAX,
+            },
             exec(Vec::new()),
             exec(vec![
                 ("name".into(), ArgValue::Str("nginx".into())),
@@ -567,7 +581,8 @@ mod tests {
 
     #[test]
     fn child_decode_rejects_trailing_bytes() {
-        let error = decode_child_message(&[TAG_BYE, 0, 0]).unwrap_err();
+        // Bye carries a four-byte count; two more bytes follow it.
+        let error = decode_child_message(&[TAG_BYE, 0, 0, 0, 0, 0, 0]).unwrap_err();
         assert!(matches!(error, DecodeError::TrailingBytes { count: 2 }));
 
         let mut bytes = encode_child_message(&exec(Vec::new()));
@@ -773,6 +788,8 @@ mod tests {
             capture_output: true,
             output_limit: 100,
             stdin_limit: 0,
+            max_concurrent: 4,
+            rate_limit: None,
         }
     }
 
@@ -919,7 +936,8 @@ mod tests {
                 arguments,
                 stdin,
             });
-        prop_oneof![Just(ChildMessage::Bye), exec]
+        let bye = any::<u32>().prop_map(|dropped_events| ChildMessage::Bye { dropped_events });
+        prop_oneof![bye, exec]
     }
 
     fn exec_outcome() -> impl Strategy<Value = ExecOutcome> {

@@ -49,6 +49,8 @@ pub struct BrokerError {
     pub field: String,
     pub rule: String,
     pub message: String,
+    /// Id of the request in the broker's audit log; empty when the error has none.
+    pub request_id: String,
 }
 
 impl BrokerError {
@@ -63,7 +65,14 @@ impl BrokerError {
             field: field.into(),
             rule: rule.into(),
             message: message.into(),
+            request_id: String::new(),
         }
+    }
+
+    /// Returns the error with the audit log's request id attached.
+    pub fn with_request_id(mut self, request_id: impl Into<String>) -> BrokerError {
+        self.request_id = request_id.into();
+        self
     }
 
     /// Returns the fully qualified varlink error name.
@@ -84,8 +93,24 @@ impl BrokerError {
     }
 
     /// Returns the varlink error parameters, matching the error declarations in the
-    /// interface description.
+    /// interface description. Errors of org.securesocket.Broker carry the request id
+    /// when there is one; the org.varlink.service errors keep their standard shape.
     pub fn varlink_parameters(&self) -> Value {
+        let mut parameters = self.declared_parameters();
+        let broker_error = !matches!(
+            self.kind,
+            ErrorKind::MethodNotFound | ErrorKind::InterfaceNotFound | ErrorKind::InvalidParameter
+        );
+        if broker_error
+            && !self.request_id.is_empty()
+            && let Some(object) = parameters.as_object_mut()
+        {
+            object.insert("request_id".to_string(), json!(self.request_id));
+        }
+        parameters
+    }
+
+    fn declared_parameters(&self) -> Value {
         match self.kind {
             ErrorKind::UnknownCommand | ErrorKind::PermissionDenied => {
                 json!({ "command": self.field, "message": self.message })

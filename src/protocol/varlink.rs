@@ -2,8 +2,10 @@
 //!
 //! Owns the translation between varlink messages and [`Request`]s. Frames come straight
 //! from the client and are untrusted: [`parse_call`] accepts only the documented shape,
-//! rejects duplicate keys at every level and bounds nesting and name lengths. Its errors
-//! name the offending key, parameter or argument, but never repeat an argument value.
+//! rejects duplicate keys at every level and bounds nesting and name lengths. A duplicate
+//! Run argument is an InvalidArgument naming the argument, and a duplicate key anywhere
+//! else an InvalidRequest. Its errors name the offending key, parameter or argument, but
+//! never repeat an argument value.
 //!
 //! Method dispatch follows the reference implementation of the varlink Python package
 //! (version 31): the interface is the part of the method name before the last dot. An
@@ -110,7 +112,13 @@ type CommandInfo (
   # Maximum bytes of stdout and of stderr that Run returns.
   output_limit: int,
   # Maximum bytes of stdin that Run accepts. 0 means the command reads no stdin.
-  stdin_limit: int
+  stdin_limit: int,
+  # Runs of the command at once; further requests wait up to 2 s, then get Busy.
+  max_concurrent: int,
+  # Per-caller rate limit: at most rate_limit_requests runs per rate_limit_seconds, or
+  # null when the command has none.
+  rate_limit_requests: ?int,
+  rate_limit_seconds: ?int
 )
 
 # Runs a command and returns how it ended. arguments maps argument names to strings,
@@ -137,34 +145,39 @@ method List() -> (commands: []CommandInfo)
 # Describes a command that the caller may run.
 method Describe(command: string) -> (command: CommandInfo)
 
+# Every error below carries request_id when the broker logged the request under an id;
+# the same id appears in the audit log.
+
 # No command of this name exists. Describe also returns it for a command that the caller
 # may not run, so that introspection shows nothing beyond the caller's own commands.
-error UnknownCommand (command: string, message: string)
+error UnknownCommand (command: string, message: string, request_id: ?string)
 
 # Run of a command that exists but that the caller may not run.
-error PermissionDenied (command: string, message: string)
+error PermissionDenied (command: string, message: string, request_id: ?string)
 
 # An argument breaks a rule of the command's policy. rule is one of unknown, required,
 # duplicate, type, nul, control, newline, leading_dash, max_length, pattern, charset,
 # range, enum, absolute, dotdot, normalised or prefix.
-error InvalidArgument (argument: string, rule: string, message: string)
+error InvalidArgument (argument: string, rule: string, message: string, request_id: ?string)
 
-# The broker or the command is at its concurrency limit. Retry later.
-error Busy (field: string, rule: string, message: string)
+# The command is at its concurrency limit (rule max_concurrent), the caller is at the
+# command's rate limit (rule rate_limit), or the broker is shutting down (rule
+# shutting_down). Retry later.
+error Busy (field: string, rule: string, message: string, request_id: ?string)
 
 # The command could not be started or did not run to its end.
-error ExecutionFailed (field: string, rule: string, message: string)
+error ExecutionFailed (field: string, rule: string, message: string, request_id: ?string)
 
 # The request exceeds the size limit. The broker closes the connection after this error.
-error RequestTooLarge (field: string, rule: string, message: string)
+error RequestTooLarge (field: string, rule: string, message: string, request_id: ?string)
 
 # The request is not a valid varlink call: invalid JSON, not an object, a duplicate or
 # unknown key, a missing or mistyped method, or more or upgrade set to true.
-error InvalidRequest (field: string, rule: string, message: string)
+error InvalidRequest (field: string, rule: string, message: string, request_id: ?string)
 
 # The client did not send a whole request in time. The broker closes the connection
 # after this error.
-error TimedOut (field: string, rule: string, message: string)
+error TimedOut (field: string, rule: string, message: string, request_id: ?string)
 ";
 
 /// Maximum nesting depth of arrays and objects in a request. A valid call needs three
@@ -338,8 +351,16 @@ fn parse_arguments(entries: Vec<(String, Json)>) -> Result<Vec<(String, ArgValue
         ));
     }
 
+    let mut seen = HashSet::with_capacity(entries.len());
     let mut arguments = Vec::with_capacity(entries.len());
     for (name, value) in entries {
+        if !seen.insert(name.clone()) {
+            return Err(invalid_argument(
+                &name,
+                "duplicate",
+                format!("argument {:?} is given more than once", bounded(&name)),
+            ));
+        }
         if name.len() > MAX_NAME_BYTES {
             return Err(invalid_argument(
                 &name,
@@ -504,7 +525,30 @@ enum Json {
     /// The items are checked for duplicate keys and depth, then dropped: no parameter of
     /// the broker takes an array.
     Array,
+    /// Keys are unique, except in the Run `arguments` object (see [`Place`]).
     Object(Vec<(String, Json)>),
+}
+
+/// Position of a value in the call. Only the `arguments` object in the call's `parameters`
+/// may repeat a key, so that [`parse_arguments`] can report it as a duplicate argument.
+/// Every other object rejects a repeated key while it is parsed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Call,
+    Parameters,
+    Arguments,
+    Other,
+}
+
+impl Place {
+    /// Returns the place of the value stored under `key` in an object at `self`.
+    fn of_member(self, key: &str) -> Place {
+        match (self, key) {
+            (Place::Call, "parameters") => Place::Parameters,
+            (Place::Parameters, "arguments") => Place::Arguments,
+            _ => Place::Other,
+        }
+    }
 }
 
 /// Causes of a failed parse that serde_json's error does not carry.
@@ -521,6 +565,7 @@ fn parse_json(text: &str) -> Result<Json, BrokerError> {
     let seed = JsonSeed {
         state: &state,
         depth: 0,
+        place: Place::Call,
     };
     let parsed = seed
         .deserialize(&mut deserializer)
@@ -556,6 +601,7 @@ fn parse_json(text: &str) -> Result<Json, BrokerError> {
 struct JsonSeed<'s> {
     state: &'s ParseState,
     depth: usize,
+    place: Place,
 }
 
 impl JsonSeed<'_> {
@@ -567,6 +613,7 @@ impl JsonSeed<'_> {
         Ok(JsonSeed {
             state: self.state,
             depth: self.depth + 1,
+            place: Place::Other,
         })
     }
 }
@@ -625,11 +672,15 @@ impl<'de> Visitor<'de> for JsonSeed<'_> {
         let mut seen = HashSet::new();
         let mut entries = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(key.clone()) {
+            if self.place != Place::Arguments && !seen.insert(key.clone()) {
                 *self.state.duplicate_key.borrow_mut() = Some(key);
                 return Err(A::Error::custom("duplicate key"));
             }
-            let value = map.next_value_seed(inner)?;
+            let member = JsonSeed {
+                place: self.place.of_member(&key),
+                ..inner
+            };
+            let value = map.next_value_seed(member)?;
             entries.push((key, value));
         }
         Ok(Json::Object(entries))
@@ -688,6 +739,9 @@ pub fn command_info(spec: &CommandSpec) -> Value {
         "capture_output": spec.capture_output,
         "output_limit": spec.output_limit,
         "stdin_limit": spec.stdin_limit,
+        "max_concurrent": spec.max_concurrent,
+        "rate_limit_requests": spec.rate_limit.map(|limit| limit.requests),
+        "rate_limit_seconds": spec.rate_limit.map(|limit| limit.per_seconds),
     })
 }
 
@@ -916,18 +970,53 @@ mod tests {
             ),
             (
                 r#"{"method":"org.securesocket.Broker.Run","parameters":{"command":"a",
-                    "arguments":{"name":"x","name":"y"}}}"#,
-                "name",
+                    "arguments":{},"arguments":{}}}"#,
+                "arguments",
+            ),
+            (
+                r#"{"method":"org.securesocket.Broker.Run","parameters":{"command":"a",
+                    "arguments":{"name":{"inner":1,"inner":2}}}}"#,
+                "inner",
             ),
             (
                 r#"{"method":"a.B","parameters":{"x":[{"deep":1,"deep":2}]}}"#,
                 "deep",
+            ),
+            (
+                r#"{"method":"a.B","parameters":{"x":{"arguments":{"k":1,"k":2}}}}"#,
+                "k",
             ),
         ];
         for (text, key) in cases {
             let error = parse_err(text);
             assert_error(&error, ErrorKind::InvalidRequest, key, "duplicate");
         }
+    }
+
+    #[test]
+    fn parse_rejects_duplicate_argument() {
+        let error = parse_err(
+            r#"{"method":"org.securesocket.Broker.Run","parameters":{"command":"a",
+                "arguments":{"name":"x","other":1,"name":"secret-value"}}}"#,
+        );
+        assert_error(&error, ErrorKind::InvalidArgument, "name", "duplicate");
+        assert!(!error.message.contains("secret"), "{}", error.message);
+
+        // The same argument sent with values of different types is still a duplicate.
+        let error = parse_err(
+            r#"{"method":"org.securesocket.Broker.Run","parameters":{"command":"a",
+                "arguments":{"flag":true,"flag":"true"}}}"#,
+        );
+        assert_error(&error, ErrorKind::InvalidArgument, "flag", "duplicate");
+    }
+
+    #[test]
+    fn duplicate_arguments_of_other_methods_are_unknown_parameter() {
+        let error = parse_err(
+            r#"{"method":"org.securesocket.Broker.Describe","parameters":{"command":"a",
+                "arguments":{"name":"x","name":"y"}}}"#,
+        );
+        assert_error(&error, ErrorKind::InvalidParameter, "arguments", "unknown");
     }
 
     #[test]
@@ -1257,7 +1346,9 @@ mod tests {
             let Some(kind) = ErrorKind::from_u8(tag) else {
                 continue;
             };
-            let error = BrokerError::new(kind, "f", "r", "m");
+            // With a request id, so that the optional request_id field is sent where the
+            // description declares it.
+            let error = BrokerError::new(kind, "f", "r", "m").with_request_id("0123-1");
             let (interface, member) = error.varlink_name().rsplit_once('.').unwrap();
             let description = interface_description(interface).unwrap();
             let mut declared = declared_error_fields(description, member);
@@ -1318,6 +1409,8 @@ mod tests {
             capture_output: true,
             output_limit: 1024,
             stdin_limit: 0,
+            max_concurrent: 4,
+            rate_limit: None,
         };
         let info = command_info(&spec);
 
