@@ -19,6 +19,8 @@ pub struct Config {
     /// `None` logs to stderr.
     pub log_file: Option<PathBuf>,
     pub max_connections: usize,
+    /// Connections one peer uid may hold at once; `None` means half of max_connections.
+    pub max_connections_per_uid: Option<usize>,
     /// Mode of the socket file, for example 0o660.
     pub socket_permissions: u32,
     pub authorised_peer_username: Option<String>,
@@ -27,6 +29,7 @@ pub struct Config {
     pub authorised_peer_pid: Option<i32>,
     pub authorised_peer_process_name: Option<String>,
     pub verbosity: tracing::Level,
+    pub log_format: LogFormat,
     pub policy_dir: PathBuf,
     pub unprivileged_user: String,
     pub pool_size: usize,
@@ -46,6 +49,7 @@ impl Default for Config {
             mq_name: "/secure_socket".to_string(),
             log_file: None,
             max_connections: 64,
+            max_connections_per_uid: None,
             socket_permissions: 0o660,
             authorised_peer_username: None,
             authorised_peer_uid: None,
@@ -53,6 +57,7 @@ impl Default for Config {
             authorised_peer_pid: None,
             authorised_peer_process_name: None,
             verbosity: tracing::Level::INFO,
+            log_format: LogFormat::Text,
             policy_dir: PathBuf::from("/etc/secure_socket/policy.d"),
             unprivileged_user: "nobody".to_string(),
             pool_size: 4,
@@ -63,6 +68,15 @@ impl Default for Config {
             sandbox: SandboxMode::Strict,
         }
     }
+}
+
+/// How log events are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, with every field at the top level.
+    Json,
 }
 
 /// A rejected parameter. The message names the key, the value and what is accepted.
@@ -125,6 +139,11 @@ pub const PARAMETERS: &[ParameterDoc] = &[
         help: "error, warn, info, debug or trace (or 0 to 4)",
     },
     ParameterDoc {
+        key: "log_format",
+        default: "text",
+        help: "text (one readable line per event) or json (one JSON object per line)",
+    },
+    ParameterDoc {
         key: "mq_name",
         default: "/secure_socket",
         help: "prefix of the audit message queue name; a random suffix is added",
@@ -143,6 +162,11 @@ pub const PARAMETERS: &[ParameterDoc] = &[
         key: "max_connections",
         default: "64",
         help: "connections served at once and the listen backlog (1 to 4096)",
+    },
+    ParameterDoc {
+        key: "max_connections_per_uid",
+        default: "half of max_connections",
+        help: "connections one peer uid may hold at once; more get a Busy error",
     },
     ParameterDoc {
         key: "socket_permissions",
@@ -257,6 +281,15 @@ impl Config {
                     "an integer from 1 to 4096",
                 )?
             }
+            "max_connections_per_uid" => {
+                self.max_connections_per_uid = Some(parse_in_range(
+                    "max_connections_per_uid",
+                    value,
+                    1,
+                    4096,
+                    "an integer from 1 to 4096",
+                )?)
+            }
             "socket_permissions" => self.socket_permissions = parse_mode(value)?,
             "authorised_peer_username" => {
                 self.authorised_peer_username = Some(parse_name("authorised_peer_username", value)?)
@@ -281,6 +314,13 @@ impl Config {
                 self.authorised_peer_process_name = Some(parse_process_name(value)?)
             }
             "verbosity" => self.verbosity = parse_verbosity(value)?,
+            "log_format" => {
+                self.log_format = match value {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    _ => return Err(invalid("log_format", value, "text or json")),
+                }
+            }
             "unprivileged_user" => self.unprivileged_user = parse_name("unprivileged_user", value)?,
             "pool_size" => {
                 self.pool_size =
@@ -338,6 +378,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Connections one peer uid may hold at once.
+    pub fn connections_per_uid(&self) -> usize {
+        self.max_connections_per_uid
+            .unwrap_or((self.max_connections / 2).max(1))
+            .min(self.max_connections)
     }
 
     fn check_combinations(&self) -> Result<(), ConfigError> {
@@ -560,6 +607,7 @@ mod tests {
                 "4294967295",
             ),
             ("verbosity=loud", "verbosity", "loud"),
+            ("log_format=xml", "log_format", "xml"),
             ("sandbox=off", "sandbox", "off"),
             ("request_timeout_ms=5", "request_timeout_ms", "5"),
         ];
@@ -601,10 +649,12 @@ mod tests {
             "unprivileged_user=nobody",
             "log_file=/var/log/x",
             "verbosity=debug",
+            "log_format=json",
             "mq_name=/q",
             "domain=unix",
             "protocol=stream",
             "max_connections=5",
+            "max_connections_per_uid=2",
             "socket_permissions=0600",
             "authorised_peer_username=www-data",
             "authorised_peer_uid=33",

@@ -8,6 +8,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::Mutex;
 
+use crate::config::LogFormat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
     #[error("failed to open log file {path}")]
@@ -26,42 +28,36 @@ pub enum LoggingError {
 }
 
 /// Installs the global subscriber at `level`, appending to `log_file` (created with mode
-/// 0640 when missing) or writing to stderr.
-pub fn init(log_file: Option<&Path>, level: tracing::Level) -> Result<(), LoggingError> {
+/// 0640 when missing) or writing to stderr, as text lines or JSON lines.
+pub fn init(
+    log_file: Option<&Path>,
+    level: tracing::Level,
+    format: LogFormat,
+) -> Result<(), LoggingError> {
+    let writer = match log_file {
+        Some(path) => Some(open_log_file(path)?),
+        None => None,
+    };
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_target(false)
         .with_thread_ids(false);
-    let result = match log_file {
-        Some(path) => {
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o640)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
-                .map_err(|source| LoggingError::Open {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            // Another user who can write the log could forge or erase audit records.
-            let metadata = file.metadata().map_err(|source| LoggingError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-            if metadata.uid() != 0 || metadata.mode() & 0o022 != 0 {
-                return Err(LoggingError::UnsafeFile {
-                    path: path.display().to_string(),
-                    uid: metadata.uid(),
-                    mode: metadata.mode() & 0o7777,
-                });
-            }
-            builder
-                .with_ansi(false)
-                .with_writer(Mutex::new(file))
-                .try_init()
-        }
-        None => {
+    let result = match (format, writer) {
+        (LogFormat::Json, Some(file)) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(Mutex::new(file))
+            .try_init(),
+        (LogFormat::Json, None) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        (LogFormat::Text, Some(file)) => builder
+            .with_ansi(false)
+            .with_writer(Mutex::new(file))
+            .try_init(),
+        (LogFormat::Text, None) => {
             // Colour only for a person at a terminal; journald and files get plain text.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             builder
@@ -71,4 +67,31 @@ pub fn init(log_file: Option<&Path>, level: tracing::Level) -> Result<(), Loggin
         }
     };
     result.map_err(|error| LoggingError::Install(error.to_string()))
+}
+
+/// Opens the log file for appending, refusing one that another user could alter.
+fn open_log_file(path: &Path) -> Result<std::fs::File, LoggingError> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|source| LoggingError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+    // Another user who can write the log could forge or erase audit records.
+    let metadata = file.metadata().map_err(|source| LoggingError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if metadata.uid() != 0 || metadata.mode() & 0o022 != 0 {
+        return Err(LoggingError::UnsafeFile {
+            path: path.display().to_string(),
+            uid: metadata.uid(),
+            mode: metadata.mode() & 0o7777,
+        });
+    }
+    Ok(file)
 }

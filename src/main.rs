@@ -66,14 +66,25 @@ fn run_broker(args: &[String]) -> ExitCode {
             return ExitCode::from(EXIT_INVALID_PARAMETERS);
         }
     };
-    if let Err(error) = logging::init(config.log_file.as_deref(), config.verbosity) {
+    let activated = match monitor::take_activated_socket(&config.socket_path) {
+        Ok(activated) => activated,
+        Err(error) => {
+            eprintln!("secure_socket: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(error) = logging::init(
+        config.log_file.as_deref(),
+        config.verbosity,
+        config.log_format,
+    ) {
         eprintln!("secure_socket: {error}");
         if let Some(source) = std::error::Error::source(&error) {
             eprintln!("  caused by: {source}");
         }
         return ExitCode::FAILURE;
     }
-    match monitor::run(config) {
+    match monitor::run(config, activated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "broker failed to start");

@@ -6,12 +6,14 @@
 //! refused rather than followed. Input: the administrator's socket_path (trusted, checked).
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use nix::fcntl::{AtFlags, OFlag};
-use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use nix::sys::socket::{
+    self, AddressFamily, SockFlag, SockType, SockaddrStorage, UnixAddr, getsockopt, sockopt,
+};
 use nix::sys::stat::{FileStat, Mode, SFlag};
 use nix::unistd::{Gid, Uid};
 
@@ -35,6 +37,8 @@ pub enum ListenerError {
     },
     #[error("refusing to replace {path}: {reason}")]
     UnsafeSocketPath { path: PathBuf, reason: String },
+    #[error("refusing the socket passed by the service manager: {reason}")]
+    Activation { reason: String },
     #[error("socket {path} is in use by a running process; stop it first")]
     InUse { path: PathBuf },
     #[error("failed to {step} socket {path}")]
@@ -46,24 +50,97 @@ pub enum ListenerError {
     },
 }
 
-/// The bound, listening socket and the directory it lives in (kept open, so the socket
-/// can be removed at shutdown relative to the same directory).
+/// The listening socket. `file` is set when the broker created the socket file itself,
+/// and holds the directory it lives in (kept open, so the socket can be removed at
+/// shutdown relative to the same directory); it is `None` for a socket passed by the
+/// service manager, which owns the file.
 pub struct Listener {
     pub socket: OwnedFd,
-    pub directory: OwnedFd,
-    pub name: CString,
+    pub file: Option<SocketFile>,
     pub path: PathBuf,
 }
 
+/// The socket file the broker created.
+pub struct SocketFile {
+    pub directory: OwnedFd,
+    pub name: CString,
+}
+
 impl Listener {
-    /// Removes the socket file, relative to the directory opened at start.
+    /// Removes the socket file, relative to the directory opened at start. Does nothing
+    /// for a socket passed by the service manager.
     pub fn remove_socket_file(&self) -> nix::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
         nix::unistd::unlinkat(
-            &self.directory,
-            self.name.as_c_str(),
+            &file.directory,
+            file.name.as_c_str(),
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         )
     }
+}
+
+/// First descriptor passed by socket activation (SD_LISTEN_FDS_START in sd-daemon.h).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// Takes the listening socket passed by systemd-style socket activation: LISTEN_PID is
+/// this process and LISTEN_FDS is 1. Returns `Ok(None)` when no socket was passed. The
+/// variables are removed, as sd_listen_fds(3) does, so they describe nothing to anyone
+/// else. The descriptor must be a listening AF_UNIX stream socket.
+pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerError> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let count = std::env::var("LISTEN_FDS").ok();
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // SAFETY: the monitor calls this before it starts any thread, so no other thread
+        // can read the environment while it changes.
+        unsafe { std::env::remove_var(name) };
+    }
+    let (Some(pid), Some(count)) = (pid, count) else {
+        return Ok(None);
+    };
+    if pid.parse::<u32>().ok() != Some(std::process::id()) {
+        return Ok(None);
+    }
+    let refuse = |reason: String| ListenerError::Activation { reason };
+    if count != "1" {
+        return Err(refuse(format!(
+            "LISTEN_FDS is {count:?}, but the broker takes exactly one socket"
+        )));
+    }
+    // SAFETY: under the socket activation protocol descriptor 3 was passed to this
+    // process for it to own, and nothing else in the process has taken it.
+    let socket = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
+    let is_stream = getsockopt(&socket, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
+    let is_unix = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd())
+        .is_ok_and(|address| address.as_unix_addr().is_some());
+    if !(is_stream && is_unix) {
+        return Err(refuse(
+            "descriptor 3 is not a unix stream socket; pass a ListenStream= path".to_string(),
+        ));
+    }
+    if !getsockopt(&socket, sockopt::AcceptConn).unwrap_or(false) {
+        return Err(refuse("descriptor 3 is not listening".to_string()));
+    }
+    // The descriptor must not reach parser children or scripts.
+    nix::fcntl::fcntl(
+        &socket,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|source| socket_error("mark close-on-exec", socket_path, source))?;
+    let path = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd())
+        .ok()
+        .and_then(|address| {
+            address
+                .as_unix_addr()
+                .and_then(|unix| unix.path().map(Path::to_path_buf))
+        })
+        .unwrap_or_else(|| socket_path.to_path_buf());
+    Ok(Some(Listener {
+        socket,
+        file: None,
+        path,
+    }))
 }
 
 /// Creates the socket directory if needed, removes a stale socket, binds, sets group and
@@ -98,31 +175,40 @@ pub fn create(
     let _ = nix::unistd::chdir("/");
     bound.map_err(|source| socket_error("bind", socket_path, source))?;
 
-    nix::unistd::fchownat(
-        &directory,
-        name.as_c_str(),
-        Some(Uid::from_raw(0)),
-        Some(Gid::from_raw(socket_gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|source| socket_error("set the group of", socket_path, source))?;
-    nix::sys::stat::fchmodat(
-        &directory,
-        name.as_c_str(),
-        Mode::from_bits_truncate(mode),
-        nix::sys::stat::FchmodatFlags::FollowSymlink,
-    )
-    .map_err(|source| socket_error("set the mode of", socket_path, source))?;
-
-    let backlog = socket::Backlog::new(backlog.min(i32::MAX as usize) as i32)
-        .map_err(|source| socket_error("listen on", socket_path, source))?;
-    socket::listen(&socket, backlog)
-        .map_err(|source| socket_error("listen on", socket_path, source))?;
+    // From here on a failure must not leave the new socket file behind.
+    let finish = || -> Result<(), ListenerError> {
+        nix::unistd::fchownat(
+            &directory,
+            name.as_c_str(),
+            Some(Uid::from_raw(0)),
+            Some(Gid::from_raw(socket_gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|source| socket_error("set the group of", socket_path, source))?;
+        nix::sys::stat::fchmodat(
+            &directory,
+            name.as_c_str(),
+            Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|source| socket_error("set the mode of", socket_path, source))?;
+        let backlog = socket::Backlog::new(backlog.min(i32::MAX as usize) as i32)
+            .map_err(|source| socket_error("listen on", socket_path, source))?;
+        socket::listen(&socket, backlog)
+            .map_err(|source| socket_error("listen on", socket_path, source))
+    };
+    if let Err(error) = finish() {
+        let _ = nix::unistd::unlinkat(
+            &directory,
+            name.as_c_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        return Err(error);
+    }
 
     Ok(Listener {
         socket,
-        directory,
-        name,
+        file: Some(SocketFile { directory, name }),
         path: socket_path.to_path_buf(),
     })
 }

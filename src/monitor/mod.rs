@@ -7,8 +7,12 @@
 mod listener;
 mod peer;
 mod pool;
+mod rate;
 mod runner;
 mod session;
+
+#[cfg(test)]
+mod hostile_child_tests;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
@@ -36,7 +40,7 @@ pub enum MonitorError {
     NotRoot(u32),
     #[error(transparent)]
     Sandbox(#[from] sandbox::SandboxError),
-    #[error("user {name:?} named by {key} does not exist")]
+    #[error("invalid value {name:?} for {key}: expected an existing user name or uid")]
     UnknownUser { key: &'static str, name: String },
     #[error("failed to look up user {name:?}")]
     UserLookup {
@@ -46,8 +50,11 @@ pub enum MonitorError {
     },
     #[error("{0}")]
     Conflict(String),
-    #[error("policy in {dir} is invalid:\n{errors}")]
-    Policy { dir: String, errors: String },
+    #[error("policy in {dir} is invalid ({} errors)", errors.len())]
+    Policy {
+        dir: String,
+        errors: Vec<policy::PolicyError>,
+    },
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
     #[error(transparent)]
@@ -74,6 +81,10 @@ pub(crate) struct Shared {
     active_changed: Condvar,
     running: Mutex<HashMap<String, usize>>,
     running_changed: Condvar,
+    /// Token buckets of commands with a `rate_limit`, kept across reloads.
+    rate_limiter: rate::RateLimiter,
+    /// Open connections per peer uid, against max_connections_per_uid.
+    connections_by_uid: Mutex<HashMap<u32, usize>>,
     /// Pids of parser children serving a connection, killed when the grace period ends.
     session_children: Mutex<std::collections::HashSet<u32>>,
 }
@@ -137,6 +148,27 @@ impl Shared {
         })
     }
 
+    /// Counts a new connection of `uid`; false when the uid already holds its share.
+    fn take_uid_slot(&self, uid: u32) -> bool {
+        let mut counts = lock(&self.connections_by_uid);
+        let count = counts.entry(uid).or_insert(0);
+        if *count >= self.config.connections_per_uid() {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release_uid_slot(&self, uid: u32) {
+        let mut counts = lock(&self.connections_by_uid);
+        if let Some(count) = counts.get_mut(&uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&uid);
+            }
+        }
+    }
+
     fn reload_policy(&self) {
         let dir = &self.config.policy_dir;
         match policy::load_dir(dir) {
@@ -158,9 +190,57 @@ impl Shared {
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
             }
             Err(error) => {
-                tracing::error!(policy_dir = %dir.display(), errors = %error, "policy reload rejected; the previous policy stays in force");
+                log_policy_errors(&error);
+                tracing::error!(
+                    policy_dir = %dir.display(),
+                    errors = error.errors.len(),
+                    "policy reload rejected, the previous policy stays in force"
+                );
             }
         }
+    }
+}
+
+/// Warns when the parser children's uid is also a script's run_as user or a peer's: a
+/// process of that uid could signal the children and stall connections. A dedicated
+/// unprivileged_user avoids it.
+fn warn_about_shared_uid(policy: &Policy, unprivileged_uid: u32, config: &Config) {
+    for command in policy.commands.values() {
+        if command.run_as.uid == unprivileged_uid {
+            tracing::warn!(
+                command = %command.spec.name,
+                uid = unprivileged_uid,
+                "the command's run_as user is also unprivileged_user, so its script could \
+                 signal parser children; use a dedicated unprivileged_user"
+            );
+        }
+        if command.allow_users.contains(&unprivileged_uid) {
+            tracing::warn!(
+                command = %command.spec.name,
+                uid = unprivileged_uid,
+                "unprivileged_user may call the command, so its peers could signal parser \
+                 children; use a dedicated unprivileged_user"
+            );
+        }
+    }
+    if config.authorised_peer_uid == Some(unprivileged_uid) {
+        tracing::warn!(
+            uid = unprivileged_uid,
+            "authorised_peer_uid is unprivileged_user; use a dedicated unprivileged_user"
+        );
+    }
+}
+
+/// Logs each policy error as its own event, with file, line and key as fields.
+fn log_policy_errors(error: &policy::LoadError) {
+    for entry in &error.errors {
+        tracing::error!(
+            file = %entry.file.display(),
+            line = entry.line,
+            key = %entry.key,
+            message = %entry.message,
+            "policy error"
+        );
     }
 }
 
@@ -180,8 +260,21 @@ fn resolve_user(key: &'static str, name: &str) -> Result<User, MonitorError> {
         })
 }
 
-/// Runs the broker until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), MonitorError> {
+/// A listening socket passed by systemd-style socket activation.
+pub struct ActivatedSocket(listener::Listener);
+
+/// Takes the socket passed by socket activation, if any. Call it first thing, before the
+/// process opens any file, so that descriptor 3 cannot be anything but what was passed,
+/// and while the process is single-threaded, because it edits the environment.
+pub fn take_activated_socket(
+    socket_path: &std::path::Path,
+) -> Result<Option<ActivatedSocket>, ListenerError> {
+    Ok(listener::take_activated(socket_path)?.map(ActivatedSocket))
+}
+
+/// Runs the broker until SIGTERM or SIGINT. `activated` is the socket passed by the
+/// service manager, used instead of creating one at socket_path.
+pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), MonitorError> {
     let euid = nix::unistd::geteuid();
     if !euid.is_root() {
         return Err(MonitorError::NotRoot(euid.as_raw()));
@@ -216,18 +309,34 @@ pub fn run(config: Config) -> Result<(), MonitorError> {
         .or(username_user.as_ref().map(|user| user.gid.as_raw()))
         .unwrap_or(0);
 
-    let policy = policy::load_dir(&config.policy_dir).map_err(|error| MonitorError::Policy {
-        dir: config.policy_dir.display().to_string(),
-        errors: error.to_string(),
-    })?;
+    let policy = match policy::load_dir(&config.policy_dir) {
+        Ok(policy) => policy,
+        Err(error) => {
+            log_policy_errors(&error);
+            return Err(MonitorError::Policy {
+                dir: config.policy_dir.display().to_string(),
+                errors: error.errors,
+            });
+        }
+    };
+
+    warn_about_shared_uid(&policy, unprivileged.uid.as_raw(), &config);
 
     let queue = audit::create_queue(&config.mq_name)?;
-    let listener = listener::create(
-        &config.socket_path,
-        socket_gid,
-        config.socket_permissions,
-        config.max_connections,
-    )?;
+    // A socket passed by the service manager is used as it is: the manager created the
+    // file, chose its owner and mode, and removes it.
+    let listener = match activated.map(|socket| socket.0) {
+        Some(listener) => {
+            tracing::info!(socket_path = %listener.path.display(), "using the socket passed by the service manager");
+            listener
+        }
+        None => listener::create(
+            &config.socket_path,
+            socket_gid,
+            config.socket_permissions,
+            config.max_connections,
+        )?,
+    };
 
     // Signals are taken by a dedicated thread with sigwait; block them before any other
     // thread starts so every thread inherits the mask.
@@ -255,6 +364,7 @@ pub fn run(config: Config) -> Result<(), MonitorError> {
         max_frame_bytes: config.max_frame_bytes,
         request_timeout: config.request_timeout,
         max_requests: config.max_requests_per_connection,
+        monitor_pid: std::process::id() as i32,
     };
     let spawner = pool::Spawner::new(settings, &queue.sender)?;
     let pool = Arc::new(pool::Pool::new(spawner, config.pool_size));
@@ -273,7 +383,9 @@ pub fn run(config: Config) -> Result<(), MonitorError> {
         active_changed: Condvar::new(),
         running: Mutex::new(HashMap::new()),
         running_changed: Condvar::new(),
+        rate_limiter: rate::RateLimiter::default(),
         session_children: Mutex::new(std::collections::HashSet::new()),
+        connections_by_uid: Mutex::new(HashMap::new()),
     });
 
     let logger_stop = Arc::new(AtomicBool::new(false));
@@ -423,19 +535,43 @@ fn accept_one(shared: &Arc<Shared>, connection: OwnedFd, filter: &peer::PeerFilt
         );
         return;
     }
+    let uid = peer.uid;
+    if !shared.take_uid_slot(uid) {
+        tracing::warn!(
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            limit = shared.config.connections_per_uid(),
+            "peer uid holds max_connections_per_uid connections; connection refused with Busy"
+        );
+        send_canned_busy(&connection);
+        return;
+    }
     *lock(&shared.active) += 1;
     let thread_shared = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("session".to_string())
         .spawn(move || {
             session::run(&thread_shared, connection, peer);
+            thread_shared.release_uid_slot(uid);
             *lock(&thread_shared.active) -= 1;
             thread_shared.active_changed.notify_all();
         });
     if let Err(error) = spawned {
         tracing::error!(%error, "failed to start a session thread; connection closed");
+        shared.release_uid_slot(uid);
         *lock(&shared.active) -= 1;
     }
+}
+
+/// Writes a fixed Busy error to a connection the monitor will not serve. The bytes are a
+/// constant: the monitor still reads nothing from the client.
+fn send_canned_busy(connection: &OwnedFd) {
+    const BUSY: &[u8] = b"{\"error\":\"org.securesocket.Broker.Busy\",\"parameters\":{\"field\":\"connections\",\"rule\":\"max_connections_per_uid\",\"message\":\"too many connections from this user; try again later\"}}\0";
+    let _ = nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(connection),
+        BUSY,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+    );
 }
 
 /// Stops accepting, removes the socket, gives running sessions the grace period, then
@@ -468,11 +604,19 @@ fn shut_down(shared: &Arc<Shared>, listener: &listener::Listener) {
             "grace period over; killing running scripts"
         );
         shared.process_groups.kill_all();
-        for pid in lock(&shared.session_children).iter() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(*pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
+        // Sessions whose script was just killed still send that result to their client.
+        let remaining = wait_for_sessions(Instant::now() + Duration::from_secs(1));
+        if remaining > 0 {
+            tracing::warn!(
+                sessions = remaining,
+                "killing parser children still serving"
             );
+            for pid in lock(&shared.session_children).iter() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         wait_for_sessions(Instant::now() + Duration::from_secs(2));
     }

@@ -116,25 +116,20 @@ fn set_nonblocking(connection: &OwnedFd) -> nix::Result<()> {
 }
 
 /// Reads the child's messages and answers each Exec, until Bye, end of file, a
-/// malformed message or the idle limit.
-fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
+/// malformed message, the idle limit, or more Execs than the connection may carry.
+pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
     let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
     // A child waits at most request_timeout for each frame and each reply write; allow
     // both plus a margin before deciding it hangs.
     let idle_limit = shared.config.request_timeout * 2 + Duration::from_secs(5);
+    let max_execs = shared.config.max_requests_per_connection;
+    let mut execs: u32 = 0;
     loop {
         let length = match receive(&child.channel, &mut buffer, idle_limit) {
             Ok(Some(length)) => length,
             Ok(None) => return,
             Err(reason) => {
-                tracing::warn!(
-                    peer_uid = peer.uid,
-                    peer_pid = peer.pid,
-                    child_pid = child.process.id(),
-                    reason,
-                    "ending session with parser child"
-                );
-                let _ = child.process.kill();
+                end_session(child, peer, reason);
                 return;
             }
         };
@@ -146,41 +141,91 @@ fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
                 return;
             }
         };
-        match message {
-            ChildMessage::Bye => return,
+        let (command, arguments, stdin) = match message {
             ChildMessage::Exec {
                 command,
                 arguments,
                 stdin,
-            } => {
-                let (reply, channel_readable) =
-                    handle_exec(shared, peer, &child.channel, &command, &arguments, &stdin);
-                let bytes = channel::encode_monitor_message(&reply);
-                let iov = [std::io::IoSlice::new(&bytes)];
-                let sent = nix::sys::socket::sendmsg::<()>(
-                    child.channel.as_raw_fd(),
-                    &iov,
-                    &[],
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                );
-                if let Err(error) = sent {
-                    tracing::warn!(%error, peer_uid = peer.uid, "failed to send a result to the parser child");
-                    return;
-                }
-                if channel_readable {
-                    // An honest child waits for the result; one that sent something
-                    // meanwhile broke the protocol, and one that hung up is gone.
-                    tracing::error!(
+            } => (command, arguments, stdin),
+            ChildMessage::Bye { dropped_events } => {
+                // Nothing the child sends afterwards is read.
+                if dropped_events > 0 {
+                    tracing::warn!(
                         peer_uid = peer.uid,
                         peer_pid = peer.pid,
-                        child_pid = child.process.id(),
-                        "parser child used the channel while a script ran; ending the session"
+                        dropped = dropped_events,
+                        "audit events dropped because the queue was full"
                     );
-                    let _ = child.process.kill();
-                    return;
                 }
+                return;
             }
+        };
+        // The child enforces max_requests_per_connection too; counting here keeps a
+        // compromised child from holding its session open with a stream of cheap Execs.
+        execs += 1;
+        if execs > max_execs {
+            end_session(child, peer, "more Execs than max_requests_per_connection");
+            return;
+        }
+        let (reply, channel_readable) =
+            handle_exec(shared, peer, &child.channel, &command, &arguments, &stdin);
+        let bytes = channel::encode_monitor_message(&reply);
+        if let Err(reason) = send(&child.channel, &bytes, shared.config.request_timeout) {
+            end_session(child, peer, reason);
+            return;
+        }
+        if channel_readable {
+            // An honest child waits for the result; one that sent something
+            // meanwhile broke the protocol, and one that hung up is gone.
+            end_session(
+                child,
+                peer,
+                "parser child used the channel while a script ran",
+            );
+            return;
+        }
+    }
+}
+
+/// Logs why a session ends early and kills its child.
+fn end_session(child: &mut ParserChild, peer: &Peer, reason: &str) {
+    tracing::warn!(
+        peer_uid = peer.uid,
+        peer_pid = peer.pid,
+        child_pid = child.process.id(),
+        reason,
+        "ending session with parser child"
+    );
+    let _ = child.process.kill();
+}
+
+/// Sends one datagram without blocking longer than `limit`: a child that never reads
+/// its replies must not hold the session thread.
+fn send(channel: &OwnedFd, bytes: &[u8], limit: Duration) -> Result<(), &'static str> {
+    let deadline = Instant::now() + limit;
+    let iov = [std::io::IoSlice::new(bytes)];
+    loop {
+        let sent = nix::sys::socket::sendmsg::<()>(
+            channel.as_raw_fd(),
+            &iov,
+            &[],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        );
+        match sent {
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EAGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err("parser child does not read its replies");
+                }
+                let mut fds = [PollFd::new(channel.as_fd(), PollFlags::POLLOUT)];
+                let timeout = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX);
+                let _ = poll(&mut fds, timeout);
+            }
+            Err(_) => return Err("failed to send a result to the parser child"),
         }
     }
 }
@@ -202,6 +247,9 @@ fn receive(
             Err(_) => return Err("failed to poll the channel"),
         }
     }
+    let hung_up = fds[0]
+        .revents()
+        .is_some_and(|events| events.contains(PollFlags::POLLHUP));
     let mut iov = [std::io::IoSliceMut::new(buffer)];
     let message = loop {
         match nix::sys::socket::recvmsg::<()>(
@@ -219,8 +267,14 @@ fn receive(
     if message.flags.contains(MsgFlags::MSG_TRUNC) {
         return Err("oversized message from parser child");
     }
+    // SOCK_SEQPACKET delivers empty datagrams, and recvmsg returns 0 for them as it does
+    // at end of file; only a channel whose other end is closed is at end of file.
     if message.bytes == 0 {
-        return Ok(None);
+        return if hung_up {
+            Ok(None)
+        } else {
+            Err("empty message from parser child")
+        };
     }
     Ok(Some(message.bytes))
 }
@@ -238,40 +292,56 @@ fn handle_exec(
     let started = Instant::now();
     // A snapshot: a reload during the run does not change what this request runs under.
     let policy = shared.current_policy();
+    let request_id = format!("{:016x}", crate::sys::random_u64().unwrap_or_default());
     let request = ExecRequest {
         peer,
         channel,
         command_name,
         arguments,
         stdin,
+        request_id: &request_id,
     };
-    let result = check_and_run(shared, &policy, &request);
-    let duration_ms = started.elapsed().as_millis() as u64;
+    let result = check_and_run(shared, &policy, &request)
+        .map_err(|error| error.with_request_id(request_id.clone()));
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let logged_arguments = policy
         .commands
         .get(command_name)
         .map(|command| redact(command, arguments))
         .unwrap_or_default();
+    let peer_exe = peer
+        .exe
+        .as_ref()
+        .map(|exe| exe.display().to_string().escape_debug().to_string())
+        .unwrap_or_default();
     match &result {
         Ok(RunResult { outcome, .. }) => tracing::info!(
             peer_uid = peer.uid,
+            peer_gid = peer.gid,
             peer_pid = peer.pid,
-            command = ?command_name,
-            arguments = ?logged_arguments,
+            peer_exe = %peer_exe,
+            command = %command_name.escape_debug(),
+            arguments = %logged_arguments,
+            decision = "allowed",
             request_id = %outcome.request_id,
-            exit_code = ?outcome.exit_code,
-            signal = ?outcome.signal,
+            outcome = %describe_outcome(outcome),
+            exit_code = outcome.exit_code.unwrap_or(-1),
+            signal = outcome.signal.unwrap_or(0),
             timed_out = outcome.timed_out,
             duration_ms,
             "request ran"
         ),
         Err(error) => tracing::warn!(
             peer_uid = peer.uid,
+            peer_gid = peer.gid,
             peer_pid = peer.pid,
-            command = ?command_name,
-            arguments = ?logged_arguments,
+            peer_exe = %peer_exe,
+            command = %command_name.escape_debug(),
+            arguments = %logged_arguments,
+            decision = "rejected",
+            request_id = %request_id,
             outcome = error.varlink_name(),
-            field = ?error.field,
+            field = %error.field.escape_debug(),
             rule = %error.rule,
             duration_ms,
             "request rejected"
@@ -293,33 +363,46 @@ struct ExecRequest<'a> {
     command_name: &'a str,
     arguments: &'a [(String, ArgValue)],
     stdin: &'a [u8],
+    request_id: &'a str,
 }
 
-/// Renders arguments for the log: sensitive values replaced by their length.
-fn redact(
-    command: &crate::policy::Command,
-    arguments: &[(String, ArgValue)],
-) -> Vec<(String, String)> {
-    arguments
-        .iter()
-        .map(|(name, value)| {
-            let sensitive = command
-                .spec
-                .arguments
-                .iter()
-                .any(|spec| &spec.name == name && spec.sensitive);
-            let shown = match value {
-                _ if sensitive => match value {
-                    ArgValue::Str(text) => format!("<redacted, {} bytes>", text.len()),
-                    _ => "<redacted>".to_string(),
-                },
-                ArgValue::Str(text) => format!("{text:?}"),
-                ArgValue::Int(number) => number.to_string(),
-                ArgValue::Bool(flag) => flag.to_string(),
-            };
-            (name.clone(), shown)
-        })
-        .collect()
+/// Describes how a run ended, for the log: "exit 0", "signal 9", "timed out, signal 9".
+fn describe_outcome(outcome: &channel::ExecOutcome) -> String {
+    let ending = match (outcome.exit_code, outcome.signal) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => "unknown".to_string(),
+    };
+    if outcome.timed_out {
+        format!("timed out, {ending}")
+    } else {
+        ending
+    }
+}
+
+/// Renders arguments for the log as `name=value` pairs: strings through `Debug`, so that
+/// control characters are escaped, and sensitive values replaced by their length.
+fn redact(command: &crate::policy::Command, arguments: &[(String, ArgValue)]) -> String {
+    let mut rendered = String::new();
+    for (name, value) in arguments {
+        let sensitive = command
+            .spec
+            .arguments
+            .iter()
+            .any(|spec| &spec.name == name && spec.sensitive);
+        let shown = match value {
+            ArgValue::Str(text) if sensitive => format!("<redacted, {} bytes>", text.len()),
+            _ if sensitive => "<redacted>".to_string(),
+            ArgValue::Str(text) => format!("{text:?}"),
+            ArgValue::Int(number) => number.to_string(),
+            ArgValue::Bool(flag) => flag.to_string(),
+        };
+        if !rendered.is_empty() {
+            rendered.push(' ');
+        }
+        rendered.push_str(&format!("{}={shown}", name.escape_debug()));
+    }
+    rendered
 }
 
 fn check_and_run(
@@ -333,6 +416,7 @@ fn check_and_run(
         command_name,
         arguments,
         stdin,
+        request_id,
     } = *exec;
     let Some(command) = policy.commands.get(command_name) else {
         return Err(BrokerError::new(
@@ -353,7 +437,7 @@ fn check_and_run(
     // The child validated these already; a failure here means the child is broken or
     // compromised, so it is logged as an error as well as rejected.
     let accepted = command.spec.validate(arguments).map_err(|error| {
-        tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, command = ?command_name, argument = ?error.argument, rule = %error.rule, "parser child sent an Exec that fails validation");
+        tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, command = %command_name.escape_debug(), argument = %error.argument.escape_debug(), rule = %error.rule, "parser child sent an Exec that fails validation");
         BrokerError::new(
             ErrorKind::InvalidArgument,
             error.argument.clone(),
@@ -380,6 +464,14 @@ fn check_and_run(
             "the broker is shutting down",
         ));
     }
+    // Checked before the wait for a slot, so that a peer over its rate never occupies one.
+    // Every request that gets this far takes a token, even one that then gets Busy.
+    if let Some(limit) = &command.rate_limit {
+        shared
+            .rate_limiter
+            .check(command_name, peer.uid, limit, Instant::now())
+            .map_err(|limited| limited.to_broker_error(command_name, limit))?;
+    }
     let _slot = shared
         .acquire_slot(command_name, command.max_concurrent, BUSY_WAIT)
         .ok_or_else(|| {
@@ -388,22 +480,21 @@ fn check_and_run(
                 command_name,
                 "max_concurrent",
                 format!(
-                    "{} runs of this command are in progress; try again later",
+                    "all {} slots of this command are in use; try again later",
                     command.max_concurrent
                 ),
             )
         })?;
-    let request_id = format!("{:016x}", crate::sys::random_u64().unwrap_or_default());
     let request = RunRequest {
         command,
         arguments: &accepted,
         stdin,
         peer,
-        request_id: &request_id,
+        request_id,
         channel: Some(channel.as_fd()),
     };
     runner::run(&request, &shared.process_groups).map_err(|error| {
-        tracing::error!(%error, command = ?command_name, "script failed to run");
+        tracing::error!(%error, command = %command_name.escape_debug(), "script failed to run");
         BrokerError::new(
             ErrorKind::ExecutionFailed,
             command_name,

@@ -634,12 +634,24 @@ impl RunningProcess {
 
 /// Starts `command` with piped stdout and stderr and no stdin.
 pub fn spawn(mut command: Command) -> RunningProcess {
-    let mut child = command
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("failed to start {command:?}: {error}"));
+        .stderr(Stdio::piped());
+    // A binary that the harness has just copied can be briefly busy (ETXTBSY): another
+    // test thread may have forked while the copy was open for writing, and its child
+    // holds that descriptor until it calls exec. Retry for a short while.
+    let mut attempts = 0;
+    let mut child = loop {
+        match command.spawn() {
+            Ok(child) => break child,
+            Err(error) if error.kind() == io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                attempts += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("failed to start {command:?}: {error}"),
+        }
+    };
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     RunningProcess {
@@ -762,4 +774,142 @@ pub fn process_is_alive(pid: i32) -> bool {
         Ok(stat) => stat_field(&stat, 0) != Some("Z"),
         Err(_) => false,
     }
+}
+
+impl VarlinkConnection {
+    /// Wraps a stream that the test connected and used itself, with the usual read
+    /// timeout.
+    pub fn from_stream(stream: UnixStream) -> VarlinkConnection {
+        stream
+            .set_read_timeout(Some(CONNECTION_READ_TIMEOUT))
+            .unwrap();
+        VarlinkConnection {
+            stream,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Returns the socket itself, for tests that shut down one direction, change its
+    /// timeouts or look up the parser child at its other end.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+}
+
+impl Broker {
+    /// Waits up to `timeout` for the broker to exit without signalling it, for tests
+    /// that sent the signal themselves. Returns `None` while it still runs; Drop then
+    /// stops it as usual.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if let Some(status) = self.exit_status {
+            return Some(status);
+        }
+        let status = wait_with_deadline(&mut self.child, timeout)?;
+        self.exit_status = Some(status);
+        Some(status)
+    }
+}
+
+/// Returns the resident set size of `pid` in KiB (`VmRSS` of /proc/PID/status), or
+/// `None` when the process is gone.
+pub fn vm_rss_kib(pid: i32) -> Option<u64> {
+    status_field(pid, "VmRSS")?
+        .strip_suffix(" kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Returns the targets of the open descriptors of `pid` (`socket:[N]`, paths), empty
+/// when the process is gone.
+pub fn descriptor_targets(pid: i32) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        // A descriptor may be closed between read_dir and read_link.
+        .filter_map(|entry| fs::read_link(entry.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Returns the pids of the broker's parser children that are idle: confined (running as
+/// `nobody` under seccomp) and holding only their channel and the audit queue. A child
+/// that serves a connection holds that connection as a third descriptor.
+pub fn idle_parser_children(broker: &Broker) -> Vec<i32> {
+    let nobody = NOBODY_UID.to_string();
+    child_pids(broker.pid())
+        .into_iter()
+        .filter(|&pid| {
+            let runs_as_nobody = status_field(pid, "Uid")
+                .is_some_and(|uids| uids.split_whitespace().all(|uid| uid == nobody));
+            runs_as_nobody
+                && status_field(pid, "Seccomp").as_deref() == Some("2")
+                && descriptor_targets(pid).len() == 2
+        })
+        .collect()
+}
+
+/// Returns the inode of the unix socket connected to the one with inode `inode`, as `ss`
+/// from iproute2 reads it from the kernel (sock_diag), or `None` when `ss` does not list
+/// `inode`.
+fn unix_peer_inode(inode: u64) -> Option<u64> {
+    let output = Command::new("ss")
+        .args(["--unix", "--all", "--numeric", "--no-header"])
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "failed to run ss, which finds the peer of a unix socket \
+                 (apt-get install iproute2): {error}"
+            )
+        });
+    assert!(
+        output.status.success(),
+        "ss failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let inode = inode.to_string();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|line| {
+            // Netid, State, Recv-Q, Send-Q, local address, local inode, peer address, peer
+            // inode. The addresses of the sockets these tests use contain no spaces.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(5) != Some(&inode.as_str()) {
+                return None;
+            }
+            fields.get(7)?.parse().ok()
+        })
+}
+
+/// Returns the pid of the parser child that holds the other end of `client`. Panics
+/// when no child of the broker holds it within 10 s.
+pub fn serving_child_pid(broker: &Broker, client: &UnixStream) -> i32 {
+    let client_inode = nix::sys::stat::fstat(client).unwrap().st_ino;
+    let broker_command_line = fs::read(format!("/proc/{}/cmdline", broker.pid())).unwrap();
+    let mut found = None;
+    let assigned = wait_for(Duration::from_secs(10), || {
+        let Some(peer) = unix_peer_inode(client_inode) else {
+            return false;
+        };
+        let link = format!("socket:[{peer}]");
+        // A child between fork and exec still has the broker's command line and a copy
+        // of every descriptor of the broker, so it is left out.
+        found = child_pids(broker.pid())
+            .into_iter()
+            .filter(|&pid| {
+                fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default() != broker_command_line
+            })
+            .find(|&pid| descriptor_targets(pid).contains(&link));
+        found.is_some()
+    });
+    assert!(
+        assigned,
+        "no child of broker pid {} holds the other end of client socket {client_inode}\n{}",
+        broker.pid(),
+        broker.diagnostics()
+    );
+    found.unwrap()
 }
