@@ -2,10 +2,22 @@
 # Builds secure_socket in release mode, places the binary at build/secure_socket,
 # installs the example scripts the example policy names, and writes run.sh from
 # parameters.conf. Run as root (the example scripts go to a root-owned directory).
+#
+# `./build.sh install` does the same and then runs install.sh, which installs the
+# binary, the policy directory, the scripts and the systemd units into the system.
 set -eu
 
 repo=$(cd "$(dirname "$0")" && pwd)
 cd "$repo"
+
+case "${1:-}:$#" in
+    :0) target=build ;;
+    install:1) target=install ;;
+    *)
+        echo "usage: ./build.sh [install]" >&2
+        exit 64
+        ;;
+esac
 
 cargo build --release --locked
 mkdir -p build
@@ -68,3 +80,7 @@ fi
 } > run.sh
 chmod 0755 run.sh
 echo "built build/secure_socket; start it with ./run.sh"
+
+if [ "$target" = install ]; then
+    "$repo/install.sh"
+fi

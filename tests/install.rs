@@ -1,0 +1,274 @@
+//! Runs install.sh into a staging directory (DESTDIR) inside a fresh fixture and checks
+//! the layout: every file and directory, its owner and mode, the example policy with its
+//! script paths rewritten, and the systemd units. The staging directory keeps the tests
+//! away from a real installation under /usr/local and /etc.
+//!
+//! install.sh installs the binary that cargo built for the tests (BINARY=...), so the
+//! tests do not run a release build of their own.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{BROKER_BINARY, FIXTURE_PLACEHOLDER, Fixture, ProcessOutput, spawn};
+
+const REPOSITORY: &str = env!("CARGO_MANIFEST_DIR");
+
+const SCRIPTS_DIR: &str = "/usr/local/libexec/secure_socket/examples";
+
+const POLICY_DIR: &str = "etc/secure_socket/policy.d";
+
+/// Runs `sh install.sh` with `DESTDIR=destdir` and the test binary, and waits for it.
+fn run_install(destdir: &str) -> ProcessOutput {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg(Path::new(REPOSITORY).join("install.sh"))
+        .env("DESTDIR", destdir)
+        .env("BINARY", BROKER_BINARY)
+        .current_dir("/");
+    spawn(command).finish(common::CLIENT_TIMEOUT)
+}
+
+/// Creates `<fixture>/destdir` and installs into it.
+fn install_into_fixture(fixture: &Fixture) -> (PathBuf, ProcessOutput) {
+    let destdir = fixture.path().join("destdir");
+    fs::create_dir(&destdir).unwrap();
+    let output = run_install(destdir.to_str().unwrap());
+    (destdir, output)
+}
+
+/// Asserts that `path` exists, is owned by root:root, and has permission bits `mode`.
+fn assert_root_owned(path: &Path, mode: u32) {
+    let metadata =
+        fs::symlink_metadata(path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    assert_eq!(metadata.uid(), 0, "{} is not owned by root", path.display());
+    assert_eq!(metadata.gid(), 0, "{} is not in group root", path.display());
+    assert_eq!(
+        metadata.permissions().mode() & 0o7777,
+        mode,
+        "{} has mode {:o}, expected {mode:o}",
+        path.display(),
+        metadata.permissions().mode() & 0o7777
+    );
+}
+
+/// Returns the file names in a directory of the repository, sorted.
+fn repository_files(dir: &str, extension: Option<&str>) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(Path::new(REPOSITORY).join(dir))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| extension.is_none_or(|extension| name.ends_with(extension)))
+        .collect();
+    names.sort();
+    names
+}
+
+fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn install_lays_out_directories_and_binary() {
+    let fixture = Fixture::new();
+    let (destdir, output) = install_into_fixture(&fixture);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+
+    for dir in [
+        "usr/local/bin",
+        "usr/local/libexec",
+        "usr/local/libexec/secure_socket",
+        "usr/local/libexec/secure_socket/examples",
+        "etc/secure_socket",
+        POLICY_DIR,
+        "etc/systemd/system",
+    ] {
+        let path = destdir.join(dir);
+        assert!(path.is_dir(), "{} is not a directory", path.display());
+        assert_root_owned(&path, 0o755);
+    }
+
+    let binary = destdir.join("usr/local/bin/secure_socket");
+    assert_root_owned(&binary, 0o755);
+    assert!(
+        fs::read(&binary).unwrap() == fs::read(BROKER_BINARY).unwrap(),
+        "{} differs from {BROKER_BINARY}",
+        binary.display()
+    );
+}
+
+#[test]
+fn install_copies_example_scripts() {
+    let fixture = Fixture::new();
+    let (destdir, output) = install_into_fixture(&fixture);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+
+    let installed_dir = destdir.join(SCRIPTS_DIR.trim_start_matches('/'));
+    let expected = repository_files("scripts", None);
+    assert!(!expected.is_empty(), "the repository has no scripts/");
+    assert_eq!(sorted_names(&installed_dir), expected);
+    for name in &expected {
+        let installed = installed_dir.join(name);
+        assert_root_owned(&installed, 0o755);
+        let source = Path::new(REPOSITORY).join("scripts").join(name);
+        assert_eq!(
+            fs::read(&installed).unwrap(),
+            fs::read(&source).unwrap(),
+            "{} differs from {}",
+            installed.display(),
+            source.display()
+        );
+    }
+}
+
+#[test]
+fn install_rewrites_policy_script_paths() {
+    let fixture = Fixture::new();
+    let (destdir, output) = install_into_fixture(&fixture);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+
+    let policy_dir = destdir.join(POLICY_DIR);
+    let expected = repository_files("policy", Some(".toml"));
+    assert!(!expected.is_empty(), "the repository has no policy/*.toml");
+    assert_eq!(sorted_names(&policy_dir), expected);
+
+    for name in &expected {
+        let installed = policy_dir.join(name);
+        assert_root_owned(&installed, 0o644);
+        let text = fs::read_to_string(&installed).unwrap();
+        let scripts: Vec<&str> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("script = \""))
+            .map(|rest| rest.trim_end_matches('"'))
+            .collect();
+        assert!(!scripts.is_empty(), "{name} names no script:\n{text}");
+        for script in scripts {
+            let file_name = Path::new(script).file_name().unwrap().to_str().unwrap();
+            assert_eq!(
+                script,
+                format!("{SCRIPTS_DIR}/{file_name}"),
+                "{name} names a script outside the installed directory"
+            );
+            let staged = destdir.join(script.trim_start_matches('/'));
+            assert!(
+                staged.is_file(),
+                "{name} names {script}, which was not installed"
+            );
+        }
+    }
+}
+
+/// The installed policy, with its script paths pointed into the staging directory, must
+/// pass the broker's own checks: file modes, directory owners and script permissions.
+#[test]
+fn installed_policy_passes_check_policy() {
+    let fixture = Fixture::new();
+    let (destdir, output) = install_into_fixture(&fixture);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+
+    for entry in fs::read_dir(destdir.join(POLICY_DIR)).unwrap() {
+        let path = entry.unwrap().path();
+        let text = fs::read_to_string(&path).unwrap().replace(
+            &format!("\"{SCRIPTS_DIR}/"),
+            &format!("\"{FIXTURE_PLACEHOLDER}/destdir{SCRIPTS_DIR}/"),
+        );
+        let name = path.file_stem().unwrap().to_str().unwrap();
+        fixture.write_policy(name, &text);
+    }
+
+    let mut command = Command::new(BROKER_BINARY);
+    command
+        .arg("check-policy")
+        .arg(fixture.policy_dir())
+        .current_dir("/");
+    let check = spawn(command).finish(common::CLIENT_TIMEOUT);
+    assert_eq!(check.code(), Some(0), "{}", check.describe());
+}
+
+#[test]
+fn install_copies_systemd_units() {
+    let fixture = Fixture::new();
+    let (destdir, output) = install_into_fixture(&fixture);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+
+    for unit in ["secure_socket.service", "secure_socket.socket"] {
+        let installed = destdir.join("etc/systemd/system").join(unit);
+        assert_root_owned(&installed, 0o644);
+        let source = Path::new(REPOSITORY).join("systemd").join(unit);
+        assert_eq!(
+            fs::read_to_string(&installed).unwrap(),
+            fs::read_to_string(&source).unwrap(),
+            "{} differs from {}",
+            installed.display(),
+            source.display()
+        );
+    }
+
+    let service =
+        fs::read_to_string(destdir.join("etc/systemd/system/secure_socket.service")).unwrap();
+    assert!(
+        service.contains("ExecStart=/usr/local/bin/secure_socket "),
+        "the service does not start the installed binary:\n{service}"
+    );
+}
+
+#[test]
+fn install_keeps_existing_policy() {
+    let fixture = Fixture::new();
+    let destdir = fixture.path().join("destdir");
+    let policy_dir = destdir.join(POLICY_DIR);
+    fs::create_dir_all(&policy_dir).unwrap();
+    fs::set_permissions(&policy_dir, fs::Permissions::from_mode(0o750)).unwrap();
+    let local = policy_dir.join("local.toml");
+    let local_text = "# the administrator's own policy\n";
+    fs::write(&local, local_text).unwrap();
+
+    let output = run_install(destdir.to_str().unwrap());
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+
+    assert_eq!(sorted_names(&policy_dir), ["local.toml"]);
+    assert_eq!(fs::read_to_string(&local).unwrap(), local_text);
+    assert_root_owned(&policy_dir, 0o750);
+    assert!(
+        output.stdout.contains("left the existing policy"),
+        "{}",
+        output.describe()
+    );
+}
+
+#[test]
+fn install_rejects_relative_destdir() {
+    common::require_root();
+    let output = run_install("relative/destdir");
+    assert_eq!(output.code(), Some(1), "{}", output.describe());
+    assert!(
+        output.stderr.contains("DESTDIR must be an absolute path"),
+        "{}",
+        output.describe()
+    );
+    // The command ran in /, so a relative DESTDIR would have been created there.
+    assert!(!Path::new("/relative").exists());
+}
+
+#[test]
+fn build_sh_rejects_unknown_target() {
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg(Path::new(REPOSITORY).join("build.sh"))
+        .arg("instal")
+        .current_dir("/");
+    let output = spawn(command).finish(common::CLIENT_TIMEOUT);
+    assert_eq!(output.code(), Some(64), "{}", output.describe());
+    assert!(
+        output.stderr.contains("usage: ./build.sh [install]"),
+        "{}",
+        output.describe()
+    );
+}
