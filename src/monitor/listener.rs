@@ -67,6 +67,15 @@ pub struct SocketFile {
 }
 
 impl Listener {
+    /// Starts listening with `backlog`. A socket passed by the service manager already
+    /// listens, and listening again only updates its backlog.
+    pub fn listen(&self, backlog: usize) -> Result<(), ListenerError> {
+        let backlog = socket::Backlog::new(backlog.min(i32::MAX as usize) as i32)
+            .map_err(|source| socket_error("listen on", &self.path, source))?;
+        socket::listen(&self.socket, backlog)
+            .map_err(|source| socket_error("listen on", &self.path, source))
+    }
+
     /// Removes the socket file, relative to the directory opened at start. Does nothing
     /// for a socket passed by the service manager.
     pub fn remove_socket_file(&self) -> nix::Result<()> {
@@ -143,14 +152,9 @@ pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerEr
     }))
 }
 
-/// Creates the socket directory if needed, removes a stale socket, binds, sets group and
-/// mode, and listens.
-pub fn create(
-    socket_path: &Path,
-    socket_gid: u32,
-    mode: u32,
-    backlog: usize,
-) -> Result<Listener, ListenerError> {
+/// Creates the socket directory if needed, removes a stale socket, binds, and sets group
+/// and mode. The socket accepts no connection until [`Listener::listen`].
+pub fn create(socket_path: &Path, socket_gid: u32, mode: u32) -> Result<Listener, ListenerError> {
     let (directory_path, name) = split_socket_path(socket_path)?;
     let directory = open_socket_directory(&directory_path)?;
     remove_stale_socket(&directory, &name, socket_path)?;
@@ -192,10 +196,7 @@ pub fn create(
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
         .map_err(|source| socket_error("set the mode of", socket_path, source))?;
-        let backlog = socket::Backlog::new(backlog.min(i32::MAX as usize) as i32)
-            .map_err(|source| socket_error("listen on", socket_path, source))?;
-        socket::listen(&socket, backlog)
-            .map_err(|source| socket_error("listen on", socket_path, source))
+        Ok(())
     };
     if let Err(error) = finish() {
         let _ = nix::unistd::unlinkat(

@@ -330,12 +330,7 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
             tracing::info!(socket_path = %listener.path.display(), "using the socket passed by the service manager");
             listener
         }
-        None => listener::create(
-            &config.socket_path,
-            socket_gid,
-            config.socket_permissions,
-            config.max_connections,
-        )?,
+        None => listener::create(&config.socket_path, socket_gid, config.socket_permissions)?,
     };
 
     // Signals are taken by a dedicated thread with sigwait; block them before any other
@@ -356,6 +351,10 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     }
     sandbox::restrict_monitor_capabilities(&script_capabilities, capability_needs.full_bounding)?;
     tracing::debug!(?capability_needs, "monitor capabilities restricted");
+
+    // Clients can connect only from here on, so none ever meets a monitor that still
+    // holds its start-up privileges.
+    listener.listen(config.max_connections)?;
 
     let settings = ChildSettings {
         uid: unprivileged.uid.as_raw(),
