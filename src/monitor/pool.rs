@@ -103,6 +103,20 @@ fn duplicate_high(fd: &OwnedFd) -> Result<OwnedFd, PoolError> {
     Ok(crate::sys::own_received_fd(raw))
 }
 
+impl ParserChild {
+    /// Returns whether the child is still running; reaps it when it is not.
+    fn is_alive(&mut self) -> bool {
+        matches!(self.process.try_wait(), Ok(None))
+    }
+}
+
+fn log_idle_death(child: &ParserChild) {
+    tracing::warn!(
+        child_pid = child.process.id(),
+        "idle parser child died; it will be replaced"
+    );
+}
+
 /// Idle children waiting for a connection.
 pub struct Pool {
     spawner: Spawner,
@@ -129,20 +143,48 @@ impl Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes an idle child, or starts one at once when none is waiting.
+    /// Takes a live idle child, or starts one at once when none is waiting. Children that
+    /// died while idle are reaped and skipped.
     pub fn take(&self) -> Result<ParserChild, PoolError> {
-        let taken = self.lock().pop_front();
-        self.changed.notify_all();
-        match taken {
-            Some(child) => Ok(child),
-            None => self.spawner.spawn(),
+        loop {
+            let taken = self.lock().pop_front();
+            self.changed.notify_all();
+            let Some(mut child) = taken else {
+                return self.spawner.spawn();
+            };
+            if child.is_alive() {
+                return Ok(child);
+            }
+            log_idle_death(&child);
         }
     }
 
-    /// Keeps `size` children idle until [`Pool::stop`]. Runs on its own thread.
+    /// Starts a child at once, bypassing the idle queue.
+    pub fn spawn_now(&self) -> Result<ParserChild, PoolError> {
+        self.spawner.spawn()
+    }
+
+    /// Reaps idle children that died, so the refill thread replaces them.
+    fn remove_dead(&self) {
+        let mut idle = self.lock();
+        let before = idle.len();
+        idle.retain_mut(|child| {
+            let alive = child.is_alive();
+            if !alive {
+                log_idle_death(child);
+            }
+            alive
+        });
+        if idle.len() != before {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Keeps `size` live children idle until [`Pool::stop`]. Runs on its own thread.
     pub fn run_refill(self: &Arc<Pool>) {
         let mut failures: u32 = 0;
         while !self.stopping.load(Ordering::Relaxed) {
+            self.remove_dead();
             {
                 let idle = self.lock();
                 let _unused = self

@@ -74,8 +74,14 @@ fn assign(
         );
         return None;
     }
-    for _ in 0..ASSIGN_ATTEMPTS {
-        let mut child = match shared.pool.take() {
+    for attempt in 0..ASSIGN_ATTEMPTS {
+        // The last attempt starts a fresh child rather than trusting the idle queue.
+        let taken = if attempt + 1 == ASSIGN_ATTEMPTS {
+            shared.pool.spawn_now()
+        } else {
+            shared.pool.take()
+        };
+        let mut child = match taken {
             Ok(child) => child,
             Err(error) => {
                 tracing::error!(%error, peer_uid = peer.uid, "no parser child available");
