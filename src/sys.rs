@@ -108,6 +108,15 @@ pub fn set_thread_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
     (old_uid, old_gid)
 }
 
+/// Calls getppid, which the parser child's seccomp filter does not allow, so the kernel
+/// kills the calling process. Only in builds with the test-only `fault-injection`
+/// feature.
+#[cfg(feature = "fault-injection")]
+pub fn call_forbidden_syscall() {
+    // SAFETY: getppid takes no arguments and touches no memory.
+    unsafe { libc::syscall(libc::SYS_getppid) };
+}
+
 /// Fills `buffer` from the kernel's random number generator.
 pub fn fill_random(buffer: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;

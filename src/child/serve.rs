@@ -18,6 +18,11 @@ use crate::protocol::frame::{self, FrameError, FrameReader};
 use crate::protocol::varlink::{self, Request};
 use crate::protocol::{BrokerError, ErrorKind};
 
+/// The frame that makes a `fault-injection` build call a forbidden system call.
+#[cfg(feature = "fault-injection")]
+pub const FORBIDDEN_SYSCALL_FRAME: &[u8] =
+    br#"{"method":"org.securesocket.FaultInjection.ForbiddenSyscall"}"#;
+
 pub(super) struct Session {
     /// Random id the monitor gave this connection; request ids are derived from it.
     pub session_id: u64,
@@ -105,6 +110,10 @@ impl Session {
 
     fn handle_frame(&mut self, frame: &[u8], started: Instant) -> Next {
         self.requests += 1;
+        #[cfg(feature = "fault-injection")]
+        if frame == FORBIDDEN_SYSCALL_FRAME {
+            crate::sys::call_forbidden_syscall();
+        }
         let call = match varlink::parse_call(frame) {
             Ok(call) => call,
             Err(error) => {

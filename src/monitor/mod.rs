@@ -71,7 +71,7 @@ pub enum MonitorError {
 pub(crate) struct Shared {
     config: Config,
     policy: RwLock<Arc<Policy>>,
-    /// What the policy loaded at start may hand to scripts; reloads may not exceed it.
+    /// Capability needs of the policy loaded at start. A reload may not exceed them.
     capability_needs: policy::CapabilityNeeds,
     registry: Arc<SessionRegistry>,
     pool: Arc<pool::Pool>,
@@ -148,7 +148,7 @@ impl Shared {
         })
     }
 
-    /// Counts a new connection of `uid`; false when the uid already holds its share.
+    /// Counts a new connection of `uid`. Returns false when the uid already has its share.
     fn take_uid_slot(&self, uid: u32) -> bool {
         let mut counts = lock(&self.connections_by_uid);
         let count = counts.entry(uid).or_insert(0);

@@ -1,5 +1,5 @@
 //! One client connection on the monitor's side: hand the connection to a parser child,
-//! then serve that child's Exec messages until it says Bye or goes away.
+//! then serve that child's Exec messages until it sends Bye or goes away.
 //!
 //! The child is treated as hostile. Its messages go through the bounded channel decoder,
 //! and every Exec is checked again against the current policy and against the peer
@@ -121,7 +121,7 @@ fn set_nonblocking(connection: &OwnedFd) -> nix::Result<()> {
     Ok(())
 }
 
-/// Reads the child's messages and answers each Exec, until Bye, end of file, a
+/// Reads the child's messages and replies to each Exec, until Bye, end of file, a
 /// malformed message, the idle limit, or more Execs than the connection may carry.
 pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
     let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
@@ -274,7 +274,7 @@ fn receive(
         return Err("oversized message from parser child");
     }
     // SOCK_SEQPACKET delivers empty datagrams, and recvmsg returns 0 for them as it does
-    // at end of file; only a channel whose other end is closed is at end of file.
+    // at end of file. Only a channel whose other end is closed is at end of file.
     if message.bytes == 0 {
         return if hung_up {
             Ok(None)
