@@ -69,20 +69,27 @@ pub fn create_queue(prefix: &str) -> Result<AuditQueue, AuditError> {
     let suffix = crate::sys::random_u64().map_err(AuditError::Random)?;
     let name = format!("{prefix}.{suffix:016x}");
     let mode = Mode::S_IRUSR | Mode::S_IWUSR;
-    // Without CAP_SYS_RESOURCE the kernel refuses a depth above fs.mqueue.msg_max
-    // (10 by default), so ask for no more than that limit allows.
-    // NOTE: with the default msg_max of 10, bursts of rejected requests can fill the
-    // queue; the drops are counted and reported, never waited for.
-    let depth = QUEUE_DEPTH.min(read_sysctl("/proc/sys/fs/mqueue/msg_max").unwrap_or(10));
+    // The kernel allows a depth above fs.mqueue.msg_max (10 by default) only with
+    // CAP_SYS_RESOURCE, so ask for QUEUE_DEPTH first and fall back to msg_max.
+    // NOTE: at a depth of 10, a burst of requests that parser children answer themselves
+    // fills the queue; the drops are counted and logged with the peer, never waited for.
     let message_size = (MAX_EVENT_BYTES as i64)
         .min(read_sysctl("/proc/sys/fs/mqueue/msgsize_max").unwrap_or(8192));
-    let attributes = MqAttr::new(0, depth, message_size, 0);
     let create_flags = MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDONLY;
-    let receiver = nix::mqueue::mq_open(name.as_str(), create_flags, mode, Some(&attributes))
-        .map_err(|source| AuditError::Create {
-            name: name.clone(),
-            source,
-        })?;
+    let open_with_depth = |depth: i64| {
+        let attributes = MqAttr::new(0, depth, message_size, 0);
+        nix::mqueue::mq_open(name.as_str(), create_flags, mode, Some(&attributes))
+    };
+    let opened = match open_with_depth(QUEUE_DEPTH) {
+        Err(nix::Error::EINVAL) => {
+            open_with_depth(read_sysctl("/proc/sys/fs/mqueue/msg_max").unwrap_or(10))
+        }
+        other => other,
+    };
+    let receiver = opened.map_err(|source| AuditError::Create {
+        name: name.clone(),
+        source,
+    })?;
     let sender_flags = MQ_OFlag::O_WRONLY | MQ_OFlag::O_NONBLOCK;
     let sender = nix::mqueue::mq_open(name.as_str(), sender_flags, Mode::empty(), None);
     // Unlink before checking the sender, so a failure leaves no name behind.
@@ -273,6 +280,9 @@ impl AuditSender {
 #[derive(Default)]
 pub struct SessionRegistry {
     sessions: Mutex<HashMap<u64, SessionEntry>>,
+    /// When ended sessions were last removed; sweeping on every insert would cost a scan
+    /// of the whole map per connection.
+    last_sweep: Mutex<Option<Instant>>,
 }
 
 struct SessionEntry {
@@ -286,12 +296,31 @@ const ENDED_SESSION_RETENTION: Duration = Duration::from_secs(60);
 impl SessionRegistry {
     pub fn insert(&self, session_id: u64, peer: Peer) {
         let mut sessions = self.lock();
-        sessions.retain(|_, entry| {
-            entry
-                .ended
-                .is_none_or(|ended| ended.elapsed() < ENDED_SESSION_RETENTION)
-        });
+        if self.sweep_due() {
+            sessions.retain(|_, entry| {
+                entry
+                    .ended
+                    .is_none_or(|ended| ended.elapsed() < ENDED_SESSION_RETENTION)
+            });
+            // Give memory back after a burst of connections.
+            if sessions.capacity() > 64 && sessions.len() < sessions.capacity() / 4 {
+                sessions.shrink_to_fit();
+            }
+        }
         sessions.insert(session_id, SessionEntry { peer, ended: None });
+    }
+
+    /// Returns true at most once a second.
+    fn sweep_due(&self) -> bool {
+        let mut last = self
+            .last_sweep
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
     }
 
     pub fn end(&self, session_id: u64) {
@@ -359,6 +388,7 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
             session = event.session_id,
             outcome = %event.outcome.escape_debug(),
             detail = %event.detail.escape_debug(),
+            dropped = event.dropped,
             "audit event from an unknown session, identity not verified"
         );
         return;
