@@ -47,6 +47,10 @@ const WARM_UP: Duration = Duration::from_secs(70);
 const REQUESTS_PER_PERSISTENT_CONNECTION: u64 = 40;
 /// Growth of the monitor's resident memory allowed after the warm-up, in KiB.
 const RSS_TOLERANCE_KIB: u64 = 2048;
+/// Threads of an idle monitor: the accept loop, the audit logger, the pool refill and
+/// the signal thread.
+const IDLE_THREADS: usize = 4;
+
 /// Parser children the broker keeps ready; the idle baseline is taken with all of them.
 const POOL_SIZE: usize = 4;
 /// How long the monitor gets to return to its idle descriptors and threads after load.
@@ -369,7 +373,18 @@ fn monitor_resources_stay_flat_under_load() {
         "the pool never filled\n{}",
         broker.diagnostics()
     );
-    let idle = Sample::take(broker_pid, Instant::now());
+    // The readiness probe of Broker::start is a session of its own: the baseline waits
+    // until its thread has ended and its child is reaped.
+    let mut idle = Sample::take(broker_pid, Instant::now());
+    let quiet = common::wait_for(Duration::from_secs(10), || {
+        idle = Sample::take(broker_pid, Instant::now());
+        idle.threads == IDLE_THREADS && idle.zombies == 0 && idle.children == POOL_SIZE
+    });
+    assert!(
+        quiet,
+        "the broker never became idle: {idle}\n{}",
+        broker.diagnostics()
+    );
 
     let started = Instant::now();
     let stop_load = Arc::new(AtomicBool::new(false));
