@@ -23,9 +23,9 @@ use crate::policy::Peer;
 
 /// Largest event on the queue, in bytes.
 pub const MAX_EVENT_BYTES: usize = 1024;
-/// Events the queue holds before children start dropping them.
+/// Requested queue depth: events the queue can contain before children drop them.
 const QUEUE_DEPTH: i64 = 256;
-/// Longest text field in an event; longer text is cut.
+/// Maximum length of a text field in an event. Longer text is cut.
 const MAX_FIELD_BYTES: usize = 240;
 
 /// Priorities: higher is received first.
@@ -71,8 +71,8 @@ pub fn create_queue(prefix: &str) -> Result<AuditQueue, AuditError> {
     let mode = Mode::S_IRUSR | Mode::S_IWUSR;
     // The kernel allows a depth above fs.mqueue.msg_max (10 by default) only with
     // CAP_SYS_RESOURCE, so ask for QUEUE_DEPTH first and fall back to msg_max.
-    // NOTE: at a depth of 10, a burst of requests that parser children answer themselves
-    // fills the queue; the drops are counted and logged with the peer, never waited for.
+    // NOTE: at a depth of 10, a burst of requests that parser children reply to themselves
+    // fills the queue. The drops are counted and logged with the peer, never waited for.
     let message_size = (MAX_EVENT_BYTES as i64)
         .min(read_sysctl("/proc/sys/fs/mqueue/msgsize_max").unwrap_or(8192));
     let create_flags = MQ_OFlag::O_CREAT | MQ_OFlag::O_EXCL | MQ_OFlag::O_RDONLY;
@@ -114,11 +114,11 @@ fn into_owned_fd(mqd: MqdT) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(raw) }
 }
 
-/// What an event reports.
+/// Kind of an audit event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EventKind {
-    /// A request the child answered itself (introspection, or a rejection).
+    /// A request the child replied to itself (introspection, or a rejection).
     Request = 1,
     /// A protocol error: malformed frame, oversized frame, timeout.
     ProtocolError = 2,
@@ -310,7 +310,7 @@ impl SessionRegistry {
         sessions.insert(session_id, SessionEntry { peer, ended: None });
     }
 
-    /// Returns true at most once a second.
+    /// Returns true when the last sweep is at least a second old, and records this one.
     fn sweep_due(&self) -> bool {
         let mut last = self
             .last_sweep

@@ -70,7 +70,7 @@ impl Default for Config {
     }
 }
 
-/// How log events are written.
+/// Format of log events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     /// One human-readable line per event.

@@ -54,8 +54,8 @@ fn check_policy(args: &[String]) -> ExitCode {
 
 fn run_broker(args: &[String]) -> ExitCode {
     secure_socket::sys::use_fixed_mmap_threshold();
-    // Descriptors inherited from whoever started the broker must not reach its children;
-    // parser children close everything anyway, and this covers what the monitor starts.
+    // Descriptors inherited from the broker's parent must not reach its children. Parser
+    // children close everything anyway, and this covers the scripts the monitor starts.
     if let Err(error) = secure_socket::sys::mark_inherited_cloexec() {
         eprintln!("secure_socket: failed to mark inherited descriptors close-on-exec: {error}");
         return ExitCode::FAILURE;

@@ -100,8 +100,8 @@ pub fn pidfd_is_alive(pidfd: BorrowedFd<'_>) -> bool {
 /// The monitor uses this to read /proc/PID/exe of a peer with the peer's own filesystem
 /// identity, so that the kernel's ptrace access check passes without CAP_SYS_PTRACE.
 pub fn set_thread_fs_ids(uid: u32, gid: u32) -> (u32, u32) {
-    // SAFETY: setfsgid and setfsuid take one integer and cannot fail in a way that
-    // corrupts memory; they return the previous id.
+    // SAFETY: setfsgid and setfsuid take one integer and touch no memory of this
+    // process. They return the previous id.
     let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as u32;
     // SAFETY: as above.
     let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as u32;
@@ -185,7 +185,7 @@ pub mod pre_exec {
     /// `parent_pid`). Must come after the uid change, which clears the setting.
     pub fn kill_with_parent(parent_pid: libc::pid_t) -> io::Result<()> {
         prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0)?;
-        // SAFETY: getppid takes no arguments and cannot fail.
+        // SAFETY: getppid takes no arguments and touches no memory.
         if unsafe { libc::getppid() } != parent_pid {
             return Err(io::Error::from(io::ErrorKind::BrokenPipe));
         }

@@ -156,7 +156,7 @@ fn root_script_without_declaration_keeps_bounding_set() {
 #[test]
 fn reload_cannot_widen_capabilities() {
     let (fixture, broker) = start(DECLARING_POLICY);
-    // The new policy asks for CAP_NET_ADMIN, which the broker dropped at start.
+    // The new policy requests CAP_NET_ADMIN, which the broker dropped at start.
     let widened = DECLARING_POLICY.replace(
         "capabilities = [\"CAP_NET_BIND_SERVICE\"]\ncapture_output = true\n\n[command.nobody-bind]",
         "capabilities = [\"CAP_NET_ADMIN\"]\ncapture_output = true\n\n[command.nobody-bind]",

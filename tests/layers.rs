@@ -87,7 +87,7 @@ fn parser_child_rejects_invalid_argument_first() {
         Some("org.securesocket.Broker.InvalidArgument")
     );
     assert_eq!(parameters(&reply)["rule"], json!("pattern"));
-    // The monitor logs this line when a child forwards an Exec that fails validation; an
+    // The monitor logs this line when a child forwards an Exec that fails validation. An
     // honest child rejects the value itself, so the line must be absent.
     assert!(
         !fixture.log().contains("fails validation"),

@@ -1,6 +1,6 @@
 //! The parser child's request loop for its one client.
 //!
-//! Every frame is parsed and validated here. Requests the child can answer alone
+//! Every frame is parsed and validated here. Requests the child can reply to alone
 //! (introspection, and every rejection) never reach the monitor; a valid Run becomes a
 //! typed Exec message on the channel, and the monitor checks it again.
 
@@ -37,7 +37,7 @@ pub(super) struct Session {
     pub buffer: Vec<u8>,
 }
 
-/// What to do with the connection after a request.
+/// Next step for the connection after a request.
 enum Next {
     Continue,
     Close,
@@ -102,7 +102,7 @@ impl Session {
         }
     }
 
-    /// Returns the id of the current request, for requests this child answers itself:
+    /// Returns the id of the current request, for requests this child replies to itself:
     /// the session id and the request's number on the connection.
     fn request_id(&self) -> String {
         format!("{:016x}-{}", self.session_id, self.requests)

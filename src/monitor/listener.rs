@@ -230,7 +230,7 @@ fn split_socket_path(socket_path: &Path) -> Result<(PathBuf, CString), ListenerE
     let name = socket_path
         .file_name()
         .ok_or_else(|| unsafe_path("the path has no file name"))?;
-    // sun_path holds 108 bytes including the terminating NUL.
+    // sun_path has room for 108 bytes including the terminating NUL.
     if name.len() > 100 {
         return Err(unsafe_path("the file name is longer than 100 bytes"));
     }
@@ -244,9 +244,9 @@ fn split_socket_path(socket_path: &Path) -> Result<(PathBuf, CString), ListenerE
 /// Opens `path` component by component from `/` with O_NOFOLLOW, creating the last
 /// component (mode 0755, owned by root) when it is missing.
 ///
-/// Every directory on the way must be owned by root and not writable by group or others,
-/// except that a world-writable ancestor with the sticky bit (such as /tmp) is accepted
-/// because others cannot rename or remove what root created in it. The socket directory
+/// Every directory on the way must be owned by root and not writable by group or others.
+/// The exception is a world-writable ancestor with the sticky bit (such as /tmp), because
+/// others cannot rename or remove what root created in it. The socket directory
 /// itself must be owned by root and writable by nobody else.
 fn open_socket_directory(path: &Path) -> Result<OwnedFd, ListenerError> {
     let components: Vec<&OsStr> = path

@@ -353,7 +353,7 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     tracing::debug!(?capability_needs, "monitor capabilities restricted");
 
     // Clients can connect only from here on, so none ever meets a monitor that still
-    // holds its start-up privileges.
+    // has its start-up privileges.
     listener.listen(config.max_connections)?;
 
     let settings = ChildSettings {

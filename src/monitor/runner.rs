@@ -4,7 +4,7 @@
 //! template (never through a shell), stdin from the request or /dev/null, its own
 //! session and process group, the policy's rlimits, and no descriptor of the broker
 //! except stdin, stdout and stderr. When the timeout expires the whole process group is
-//! killed; when the script exits, whatever it left running in its group is killed too.
+//! killed. When the script exits, whatever it left running in its group is killed too.
 //! Captured output is bounded per stream.
 
 use std::collections::HashSet;
@@ -75,7 +75,7 @@ pub struct RunRequest<'a> {
     pub channel: Option<BorrowedFd<'a>>,
 }
 
-/// How a run ended, and whether the channel became readable while it ran.
+/// Result of a run, with whether the channel became readable while it ran.
 pub struct RunResult {
     pub outcome: ExecOutcome,
     pub channel_readable: bool,
@@ -311,7 +311,7 @@ fn set_nonblocking(fd: BorrowedFd<'_>) {
     }
 }
 
-/// What [`supervise`] saw.
+/// Observations of [`supervise`].
 struct Supervised {
     stdout: Capture,
     stderr: Capture,

@@ -440,7 +440,7 @@ fn check_and_run(
             "this peer may not run the command",
         ));
     }
-    // The child validated these already; a failure here means the child is broken or
+    // The child validated these already. A failure here means the child is broken or
     // compromised, so it is logged as an error as well as rejected.
     let accepted = command.spec.validate(arguments).map_err(|error| {
         tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, command = %command_name.escape_debug(), argument = %error.argument.escape_debug(), rule = %error.rule, "parser child sent an Exec that fails validation");

@@ -1,8 +1,9 @@
 //! Messages on the SOCK_SEQPACKET channel between a parser child and the monitor.
 //!
-//! One message per datagram. Encoding: a tag byte, then the fields in declaration order;
-//! integers little-endian, strings and byte strings as a u32 length followed by the bytes,
-//! options as a 0/1 byte followed by the value, lists as a u32 count followed by the items.
+//! One message per datagram. A message is a tag byte, then the fields in declaration
+//! order. Integers are little-endian, strings and byte strings a u32 length followed by
+//! the bytes, options a 0/1 byte followed by the value, lists a u32 count followed by the
+//! items.
 //! Booleans are a 0/1 byte, an argument value is a type tag followed by the value, and the
 //! command list of an Assign is a byte string holding JSON. Every length is checked against
 //! the limits below before anything is allocated, strings must be UTF-8, and trailing bytes
@@ -18,11 +19,11 @@ use crate::protocol::{BrokerError, ErrorKind};
 /// Largest datagram either side sends. Kept below the default socket buffer size
 /// (net.core.wmem_default, 212992 bytes) so that a message always fits in one datagram.
 pub const MAX_MESSAGE_BYTES: usize = 200 * 1024;
-/// Longest command or argument name.
+/// Maximum length of a command or argument name, in bytes.
 pub const MAX_NAME_BYTES: usize = 128;
-/// Most arguments in one Exec.
+/// Maximum number of arguments in one Exec.
 pub const MAX_ARGUMENTS: usize = 64;
-/// Longest string argument value.
+/// Maximum length of a string argument value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Largest stdin payload.
 pub const MAX_STDIN_BYTES: usize = 64 * 1024;
@@ -63,7 +64,7 @@ pub enum MonitorMessage {
     ExecFailed(BrokerError),
 }
 
-/// How a script run ended.
+/// Result of a script run.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ExecOutcome {
     pub request_id: String,
