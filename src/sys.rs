@@ -7,6 +7,8 @@ use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+pub mod spawn;
+
 /// Most supplementary groups SO_PEERGROUPS can return (the kernel's NGROUPS_MAX).
 const NGROUPS_MAX: usize = 65_536;
 
@@ -76,6 +78,25 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Sends `signal` to the process a pidfd refers to (pidfd_send_signal(2)); unlike kill
+/// with a pid, this cannot reach another process that reused the pid.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: pidfd is an open descriptor; a null siginfo and zero flags are valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Returns whether the process a pidfd refers to is still running, using
@@ -160,9 +181,9 @@ pub fn mark_inherited_cloexec() -> io::Result<()> {
     pre_exec::cloexec_from_3()
 }
 
-/// Steps run in a forked child between fork and exec. Everything here must be
-/// async-signal-safe, because the monitor is multi-threaded: only raw system calls, no
-/// allocation, no locks.
+/// Steps run in a child between clone and exec (see [`spawn`]). The child shares the
+/// memory of the multi-threaded monitor, so everything here makes raw system calls only:
+/// no allocation, no locks, no glibc wrapper that keeps state.
 pub mod pre_exec {
     use std::io;
 
@@ -180,7 +201,7 @@ pub mod pre_exec {
         check(unsafe { libc::setsid() })
     }
 
-    /// Asks the kernel to SIGKILL this process when the thread that forked it exits, and
+    /// Asks the kernel to SIGKILL this process when the thread that started it exits, and
     /// fails when that thread's process is already gone (the parent is no longer
     /// `parent_pid`). Must come after the uid change, which clears the setting.
     pub fn kill_with_parent(parent_pid: libc::pid_t) -> io::Result<()> {
@@ -219,7 +240,7 @@ pub mod pre_exec {
         check(unsafe { libc::setrlimit(resource, &limit) })
     }
 
-    /// Capabilities a script starts with, as bit masks prepared before fork.
+    /// Capabilities a script starts with, as bit masks prepared before clone.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum ScriptCapabilities {
         /// No change: a root script gets the bounding set, any other user nothing.
@@ -314,13 +335,16 @@ pub mod pre_exec {
             prctl(libc::PR_SET_KEEPCAPS, 1, 0)?;
         }
 
-        // SAFETY: `groups` is a live slice; setgroups copies it. In the forked child only
-        // this thread exists, so the raw calls need no cross-thread broadcast.
-        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+        // Raw system calls, not glibc's wrappers: those make every thread of the process
+        // change its credentials, and a child started by `spawn` shares the monitor's
+        // memory and so glibc's list of the monitor's threads.
+        // SAFETY: `groups` is a live slice; the kernel copies it.
+        let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+        check(rc as libc::c_int)?;
         // SAFETY: integer arguments only.
-        check(unsafe { libc::setresgid(gid, gid, gid) })?;
+        check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } as libc::c_int)?;
         // SAFETY: integer arguments only.
-        check(unsafe { libc::setresuid(uid, uid, uid) })?;
+        check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } as libc::c_int)?;
 
         if let ScriptCapabilities::Ambient { keep } = capabilities {
             prctl(libc::PR_SET_KEEPCAPS, 0, 0)?;

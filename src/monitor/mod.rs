@@ -65,6 +65,12 @@ pub enum MonitorError {
     Signals(#[source] nix::Error),
     #[error("failed to create the wake-up pipe")]
     Pipe(#[source] nix::Error),
+    #[error("failed to start the {name} thread")]
+    Thread {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// State shared by the accept loop, the session threads and the signal thread.
@@ -393,14 +399,20 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
         std::thread::Builder::new()
             .name("audit-logger".to_string())
             .spawn(move || audit::run_logger(queue.receiver, registry, stop))
-            .map_err(|error| MonitorError::Pool(pool::PoolError::Spawn(error)))?
+            .map_err(|source| MonitorError::Thread {
+                name: "audit-logger",
+                source,
+            })?
     };
     let refill = {
         let pool = pool.clone();
         std::thread::Builder::new()
             .name("pool-refill".to_string())
             .spawn(move || pool.run_refill())
-            .map_err(|error| MonitorError::Pool(pool::PoolError::Spawn(error)))?
+            .map_err(|source| MonitorError::Thread {
+                name: "pool-refill",
+                source,
+            })?
     };
     let (wake_read, wake_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(MonitorError::Pipe)?;
@@ -409,7 +421,10 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
         std::thread::Builder::new()
             .name("signals".to_string())
             .spawn(move || handle_signals(signals, &shared, wake_write))
-            .map_err(|error| MonitorError::Pool(pool::PoolError::Spawn(error)))?;
+            .map_err(|source| MonitorError::Thread {
+                name: "signals",
+                source,
+            })?;
     }
 
     let config = &shared.config;

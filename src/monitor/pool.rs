@@ -5,9 +5,8 @@
 //! a refill thread keeps `pool_size` children waiting.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Stdio};
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use nix::fcntl::{FcntlArg, fcntl};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 
 use crate::child::{CHANNEL_FD, ChildSettings, QUEUE_FD, ROLE_ARGUMENT};
+use crate::sys::spawn::{self, Plan, Process, SpawnError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -23,13 +23,17 @@ pub enum PoolError {
     Socketpair(#[source] nix::Error),
     #[error("failed to duplicate a descriptor for the child")]
     Duplicate(#[source] nix::Error),
+    #[error("failed to open /dev/null for a parser child")]
+    Null(#[source] std::io::Error),
+    #[error("failed to build the arguments of a parser child: {0}")]
+    Argument(String),
     #[error("failed to start a parser child")]
-    Spawn(#[source] std::io::Error),
+    Spawn(#[source] SpawnError),
 }
 
 /// A started parser child and the monitor's end of its channel.
 pub struct ParserChild {
-    pub process: Child,
+    pub process: Process,
     pub channel: OwnedFd,
 }
 
@@ -60,36 +64,41 @@ impl Spawner {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(PoolError::Socketpair)?;
-        let child_end = duplicate_high(&child_end)?;
-        let channel_source = child_end.as_raw_fd();
-        let queue_source = self.queue.as_raw_fd();
-
-        let mut command = std::process::Command::new("/proc/self/exe");
-        command
-            .arg0("secure_socket-parser")
-            .arg(ROLE_ARGUMENT)
-            .args(self.settings.to_args())
-            .env_clear()
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: the closure runs between fork and exec in a multi-threaded process, so
-        // it makes only dup2 calls, which are async-signal-safe. Both sources are open
-        // descriptors of at least HIGH_FD owned by this function or the spawner, so
-        // neither target overwrites a source. dup2 clears close-on-exec on the targets.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::dup2(channel_source, CHANNEL_FD) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::dup2(queue_source, QUEUE_FD) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        let mut argv = Vec::new();
+        for argument in ["secure_socket-parser", ROLE_ARGUMENT]
+            .into_iter()
+            .map(str::to_string)
+            .chain(self.settings.to_args())
+        {
+            argv.push(
+                CString::new(argument).map_err(|error| PoolError::Argument(error.to_string()))?,
+            );
         }
-        let process = command.spawn().map_err(PoolError::Spawn)?;
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(PoolError::Null)?;
+        let descriptors = [
+            (null.as_fd(), 0),
+            (null.as_fd(), 1),
+            (null.as_fd(), 2),
+            (child_end.as_fd(), CHANNEL_FD),
+            (self.queue.as_fd(), QUEUE_FD),
+        ];
+        let plan = Plan {
+            program: c"/proc/self/exe",
+            argv: &argv,
+            env: &[],
+            directory: c"/",
+            descriptors: &descriptors,
+            new_session: false,
+            rlimits: &[],
+            credentials: None,
+            kill_with_parent: false,
+        };
+        let process = spawn::spawn(&plan).map_err(PoolError::Spawn)?;
         drop(child_end);
         Ok(ParserChild {
             process,

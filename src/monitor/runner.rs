@@ -8,21 +8,22 @@
 //! Captured output is bounded per stream.
 
 use std::collections::HashSet;
-use std::io::ErrorKind as IoErrorKind;
-use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Stdio};
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, pipe2};
 
 use crate::policy::{ArgValue, Command, Peer};
 use crate::protocol::channel::ExecOutcome;
 use crate::sys;
+use crate::sys::spawn::{Credentials, Plan, Process, SpawnError, Step};
 
 /// PATH given to every script.
 pub const SCRIPT_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -129,14 +130,14 @@ pub fn run(request: &RunRequest<'_>, groups: &ProcessGroups) -> Result<RunResult
     let command = request.command;
     let started = Instant::now();
     let mut child = spawn(request)?;
-    let pgid = child.id() as i32;
+    let pgid = child.process.id() as i32;
     groups.lock().insert(pgid);
 
     let result = supervise(&mut child, request, started);
 
     // Kill whatever the script left running in its group, then reap the script.
     let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-    let status = child.wait();
+    let status = child.process.wait();
     groups.lock().remove(&pgid);
     let status = status.map_err(RunError::Wait)?;
     let Supervised {
@@ -164,59 +165,117 @@ pub fn run(request: &RunRequest<'_>, groups: &ProcessGroups) -> Result<RunResult
     })
 }
 
-fn spawn(request: &RunRequest<'_>) -> Result<Child, RunError> {
+/// A started script and the monitor's ends of its pipes.
+struct Started {
+    process: Process,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+}
+
+fn spawn(request: &RunRequest<'_>) -> Result<Started, RunError> {
     let command = request.command;
-    let mut process = std::process::Command::new(&command.script);
-    process
-        .args(build_argv(command, request.arguments))
-        .env_clear()
-        .envs(build_env(request))
-        .current_dir("/");
-    process.stdin(if request.stdin.is_empty() {
-        Stdio::null()
-    } else {
-        Stdio::piped()
-    });
-    if command.spec.capture_output {
-        process.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else {
-        process.stdout(Stdio::null()).stderr(Stdio::null());
+    let spawn_error = |reason: String| RunError::Spawn {
+        path: command.script.display().to_string(),
+        reason,
+    };
+    let to_c = |text: Vec<u8>| {
+        CString::new(text)
+            .map_err(|_| spawn_error("an argument or variable holds a NUL byte".to_string()))
+    };
+    let program = to_c(command.script.as_os_str().as_bytes().to_vec())?;
+    let mut argv = vec![program.clone()];
+    for argument in build_argv(command, request.arguments) {
+        argv.push(to_c(argument.into_bytes())?);
+    }
+    let mut env = Vec::new();
+    for (name, value) in build_env(request) {
+        env.push(to_c(format!("{name}={value}").into_bytes())?);
     }
 
-    let uid = command.run_as.uid;
-    let gid = command.run_as.gid;
-    let supplementary = command.run_as.groups.clone();
+    let io_error = |error: std::io::Error| {
+        spawn_error(format!("failed to set up its standard streams: {error}"))
+    };
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(io_error)?;
+    let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|error| io_error(error.into()));
+    let (stdin_child, stdin_monitor) = if request.stdin.is_empty() {
+        (None, None)
+    } else {
+        let (read_end, write_end) = pipe()?;
+        (Some(read_end), Some(write_end))
+    };
+    let capture = command.spec.capture_output;
+    let (stdout_monitor, stdout_child) = if capture {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let (stderr_monitor, stderr_child) = if capture {
+        let (r, w) = pipe()?;
+        (Some(r), Some(w))
+    } else {
+        (None, None)
+    };
+    let descriptors = [
+        (stdin_child.as_ref().unwrap_or(&null).as_fd(), 0),
+        (stdout_child.as_ref().unwrap_or(&null).as_fd(), 1),
+        (stderr_child.as_ref().unwrap_or(&null).as_fd(), 2),
+    ];
+
     let rlimits = rlimit_list(command);
-    let capabilities = script_capabilities(command);
-    let monitor_pid = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs between fork and exec in a multi-threaded process. It only
-    // makes raw system calls (setsid, setrlimit, close_range, capset, prctl, setgroups,
-    // setresgid, setresuid, getppid) on data captured before fork; it neither allocates
-    // nor takes locks.
-    unsafe {
-        process.pre_exec(move || {
-            sys::pre_exec::new_session()?;
-            for (resource, value) in &rlimits {
-                sys::pre_exec::set_rlimit(*resource, *value)?;
-            }
-            sys::pre_exec::cloexec_from_3()?;
-            sys::pre_exec::switch_user(uid, gid, &supplementary, capabilities)?;
-            // A script must not outlive a monitor that is killed: nothing would enforce
-            // its timeout any more.
-            sys::pre_exec::kill_with_parent(monitor_pid)
-        });
-    }
-    process.spawn().map_err(|error| RunError::Spawn {
-        path: command.script.display().to_string(),
-        reason: match error.kind() {
-            IoErrorKind::NotFound => "the file no longer exists".to_string(),
-            IoErrorKind::PermissionDenied => "permission denied (is it executable?)".to_string(),
-            _ => error.to_string(),
-        },
+    let plan = Plan {
+        program: &program,
+        argv: &argv,
+        env: &env,
+        directory: c"/",
+        descriptors: &descriptors,
+        new_session: true,
+        rlimits: &rlimits,
+        credentials: Some(Credentials {
+            uid: command.run_as.uid,
+            gid: command.run_as.gid,
+            groups: &command.run_as.groups,
+            capabilities: script_capabilities(command),
+        }),
+        // A script must not outlive a monitor that is killed: nothing would enforce its
+        // timeout any more.
+        kill_with_parent: true,
+    };
+    let process = sys::spawn::spawn(&plan).map_err(|error| {
+        spawn_error(match (&error, error.raw_os_error()) {
+            (
+                SpawnError::Child {
+                    step: Step::Exec, ..
+                },
+                Some(libc::ENOENT),
+            ) => "the file no longer exists".to_string(),
+            (
+                SpawnError::Child {
+                    step: Step::Exec, ..
+                },
+                Some(libc::EACCES),
+            ) => "permission denied (is it executable?)".to_string(),
+            _ => match std::error::Error::source(&error) {
+                Some(source) => format!("{error}: {source}"),
+                None => error.to_string(),
+            },
+        })
+    })?;
+    Ok(Started {
+        process,
+        stdin: stdin_monitor,
+        stdout: stdout_monitor,
+        stderr: stderr_monitor,
     })
 }
 
-/// Turns the command's declared capabilities into the plan the forked child applies.
+/// Turns the command's declared capabilities into the plan the child applies before exec.
 fn script_capabilities(command: &Command) -> sys::pre_exec::ScriptCapabilities {
     use sys::pre_exec::ScriptCapabilities;
     let Some(list) = &command.capabilities else {
@@ -322,7 +381,7 @@ struct Supervised {
 
 /// Feeds stdin, reads output, watches the channel and waits for exit or the timeout, in
 /// one poll loop.
-fn supervise(child: &mut Child, request: &RunRequest<'_>, started: Instant) -> Supervised {
+fn supervise(child: &mut Started, request: &RunRequest<'_>, started: Instant) -> Supervised {
     let limit = request.command.spec.output_limit;
     let deadline = started + request.command.timeout();
     let stdout_pipe = child.stdout.take();
@@ -342,7 +401,7 @@ fn supervise(child: &mut Child, request: &RunRequest<'_>, started: Instant) -> S
     if let Some(pipe) = &stdin_pipe {
         set_nonblocking(pipe.as_fd());
     }
-    let pidfd = sys::pidfd_open(child.id() as i32).ok();
+    let pgid = Pid::from_raw(child.process.id() as i32);
     let mut stdin_written = 0usize;
     let mut scratch = vec![0u8; 16 * 1024];
     let mut exited_at: Option<Instant> = None;
@@ -352,15 +411,9 @@ fn supervise(child: &mut Child, request: &RunRequest<'_>, started: Instant) -> S
     loop {
         let now = Instant::now();
         if exited_at.is_none() && now >= deadline {
-            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = killpg(pgid, Signal::SIGKILL);
             timed_out = true;
             exited_at = Some(now);
-        }
-        if exited_at.is_none() && pidfd.is_none() {
-            // Without a pidfd (kernel before 5.3) fall back to polling for exit.
-            if let Ok(Some(_)) = child.try_wait() {
-                exited_at = Some(now);
-            }
         }
         let outputs_open = stdout.open || stderr.open;
         match exited_at {
@@ -370,9 +423,9 @@ fn supervise(child: &mut Child, request: &RunRequest<'_>, started: Instant) -> S
 
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(5);
         let mut slots = [None; 5];
-        if let (Some(pidfd), None) = (&pidfd, exited_at) {
+        if exited_at.is_none() {
             slots[0] = Some(fds.len());
-            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(child.process.pidfd(), PollFlags::POLLIN));
         }
         if let (Some(pipe), true) = (&stdout_pipe, stdout.open) {
             slots[1] = Some(fds.len());
@@ -392,7 +445,6 @@ fn supervise(child: &mut Child, request: &RunRequest<'_>, started: Instant) -> S
         }
         let wake_at = match exited_at {
             Some(at) => at + DRAIN_AFTER_EXIT,
-            None if pidfd.is_none() => now + Duration::from_millis(10),
             None => deadline,
         };
         let wait = wake_at.saturating_duration_since(now);

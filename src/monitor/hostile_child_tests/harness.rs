@@ -11,10 +11,12 @@ use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
+
+use crate::sys::spawn::Process;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -332,7 +334,7 @@ impl Fixture {
             .unwrap();
         let stand_in = Pid::from_raw(process.id() as i32);
         let mut child = pool::ParserChild {
-            process,
+            process: Process::adopt(process).unwrap(),
             channel: monitor_end,
         };
 
@@ -406,7 +408,7 @@ pub(super) struct Session {
     /// Disconnected once `serve_child` has returned and the monitor's end is closed.
     ended: mpsc::Receiver<()>,
     /// Thread that runs `serve_child` and then returns the stand-in process.
-    thread: Option<JoinHandle<Child>>,
+    thread: Option<JoinHandle<Process>>,
 }
 
 impl Session {
@@ -503,7 +505,7 @@ impl Drop for Session {
             nix::sys::socket::shutdown(self.channel.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         let ended = self.ended_within(WAIT_LIMIT);
         // Nothing has reaped the stand-in yet, so its pid still names it, also while a
-        // serve_child that never returned still owns its Child.
+        // serve_child that never returned still owns its Process.
         let _ = nix::sys::signal::kill(self.stand_in, Signal::SIGKILL);
         if ended
             && let Some(thread) = self.thread.take()
