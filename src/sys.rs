@@ -195,10 +195,40 @@ pub mod pre_exec {
         }
     }
 
-    /// Starts a new session, which also makes the process a process group leader.
-    pub fn new_session() -> io::Result<()> {
-        // SAFETY: setsid takes no arguments and is async-signal-safe.
-        check(unsafe { libc::setsid() })
+    /// Makes the process the leader of a new process group in its session, and detaches
+    /// it from the session's controlling terminal, if there is one.
+    ///
+    /// This replaces setsid: with `kernel.sched_autogroup_enabled` every new session is a
+    /// scheduling group of its own, which gave each script as much CPU as the monitor and
+    /// every other session together, and stretched the broker's tail latencies. In one
+    /// process group of the monitor's session the scripts share the monitor's group.
+    pub fn new_process_group() -> io::Result<()> {
+        // SAFETY: setpgid takes integers only; 0, 0 means this process, its own pid.
+        check(unsafe { libc::setpgid(0, 0) })?;
+        // SAFETY: the path is a NUL-terminated literal; the call returns a descriptor or -1.
+        let terminal = unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                c"/dev/tty".as_ptr(),
+                libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+            )
+        } as libc::c_int;
+        if terminal == -1 {
+            // ENXIO: no controlling terminal, the usual case for a daemon. Any other
+            // error leaves the terminal attached, so it fails the start.
+            let error = io::Error::last_os_error();
+            return match error.raw_os_error() {
+                Some(libc::ENXIO) => Ok(()),
+                _ => Err(error),
+            };
+        }
+        // SAFETY: `terminal` is the descriptor opened above; TIOCNOTTY takes no argument.
+        // For a process that does not lead its session it detaches only this process.
+        let detached = check(unsafe { libc::ioctl(terminal, libc::TIOCNOTTY) });
+        // SAFETY: `terminal` was opened above and is closed once.
+        unsafe { libc::close(terminal) };
+        detached
     }
 
     /// Asks the kernel to SIGKILL this process when the thread that started it exits, and

@@ -628,10 +628,10 @@ fn script_inherits_only_standard_streams() {
 }
 
 #[test]
-fn script_leads_own_process_group_and_session() {
+fn script_leads_own_process_group_without_terminal() {
     let (_fixture, _broker, report) = run_probe();
 
-    // Fields after the command name: state, ppid, pgrp, session.
+    // Fields after the command name: state, ppid, pgrp, session, tty_nr.
     assert_eq!(
         report.stat_field(2),
         Some(report.pid),
@@ -639,9 +639,9 @@ fn script_leads_own_process_group_and_session() {
         report.output
     );
     assert_eq!(
-        report.stat_field(3),
-        Some(report.pid),
-        "session of the script\n{}",
+        report.stat_field(4),
+        Some(0),
+        "controlling terminal of the script\n{}",
         report.output
     );
 }

@@ -93,7 +93,7 @@ impl Spawner {
             env: &[],
             directory: c"/",
             descriptors: &descriptors,
-            new_session: false,
+            new_process_group: false,
             rlimits: &[],
             credentials: None,
             kill_with_parent: false,

@@ -2,8 +2,8 @@
 //!
 //! The script gets an environment built from scratch, an argv built from the policy's
 //! template (never through a shell), stdin from the request or /dev/null, its own
-//! session and process group, the policy's rlimits, and no descriptor of the broker
-//! except stdin, stdout and stderr. When the timeout expires the whole process group is
+//! process group and no controlling terminal, the policy's rlimits, and no descriptor
+//! of the broker except stdin, stdout and stderr. When the timeout expires the whole process group is
 //! killed. When the script exits, whatever it left running in its group is killed too.
 //! Captured output is bounded per stream.
 
@@ -235,7 +235,7 @@ fn spawn(request: &RunRequest<'_>) -> Result<Started, RunError> {
         env: &env,
         directory: c"/",
         descriptors: &descriptors,
-        new_session: true,
+        new_process_group: true,
         rlimits: &rlimits,
         credentials: Some(Credentials {
             uid: command.run_as.uid,

@@ -45,7 +45,7 @@ pub struct Credentials<'a> {
 }
 
 /// Description of a process for [`spawn`]. Between clone and exec the child applies it
-/// in this order: signal dispositions, session, resource limits, working directory,
+/// in this order: signal dispositions, process group, resource limits, working directory,
 /// close-on-exec from descriptor 3 up, `descriptors`, user, parent-death signal, signal
 /// mask, exec.
 pub struct Plan<'a> {
@@ -60,7 +60,8 @@ pub struct Plan<'a> {
     /// `(source, target)`: the child gets `source` as descriptor `target`. Targets
     /// must differ from each other; sources are moved out of the way of targets here.
     pub descriptors: &'a [(BorrowedFd<'a>, RawFd)],
-    pub new_session: bool,
+    /// The child leads a new process group and has no controlling terminal.
+    pub new_process_group: bool,
     /// Resource limits, soft and hard set to the same value.
     pub rlimits: &'a [(libc::__rlimit_resource_t, u64)],
     /// None keeps the monitor's user.
@@ -73,7 +74,7 @@ pub struct Plan<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Signals,
-    Session,
+    ProcessGroup,
     Limits,
     Directory,
     Descriptors,
@@ -85,7 +86,7 @@ pub enum Step {
 impl Step {
     const ALL: [Step; 8] = [
         Step::Signals,
-        Step::Session,
+        Step::ProcessGroup,
         Step::Limits,
         Step::Directory,
         Step::Descriptors,
@@ -107,7 +108,7 @@ impl std::fmt::Display for Step {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter.write_str(match self {
             Step::Signals => "reset signal dispositions",
-            Step::Session => "start a session",
+            Step::ProcessGroup => "start a process group",
             Step::Limits => "set resource limits",
             Step::Directory => "change directory",
             Step::Descriptors => "set up descriptors",
@@ -434,8 +435,8 @@ fn prepare(shared: &Shared<'_>) -> Result<(), (Step, i32)> {
     let fail = |step: Step| move |error: io::Error| (step, error.raw_os_error().unwrap_or(0));
 
     reset_signal_dispositions().map_err(fail(Step::Signals))?;
-    if plan.new_session {
-        pre_exec::new_session().map_err(fail(Step::Session))?;
+    if plan.new_process_group {
+        pre_exec::new_process_group().map_err(fail(Step::ProcessGroup))?;
     }
     for (resource, value) in plan.rlimits {
         pre_exec::set_rlimit(*resource, *value).map_err(fail(Step::Limits))?;

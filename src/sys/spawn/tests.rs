@@ -23,7 +23,7 @@ fn plan<'a>(argv: &'a [CString], descriptors: &'a [(BorrowedFd<'a>, RawFd)]) -> 
         env: &[],
         directory: c"/",
         descriptors,
-        new_session: false,
+        new_process_group: false,
         rlimits: &[],
         credentials: None,
         kill_with_parent: false,
@@ -212,12 +212,12 @@ fn spawn_installs_descriptor_at_target_number() {
 }
 
 #[test]
-fn spawn_starts_new_session_when_asked() {
-    let argv = strings(&["/bin/sh", "-c", "cut -d' ' -f6 /proc/$$/stat; echo $$"]);
+fn spawn_starts_new_process_group_when_asked() {
+    let argv = strings(&["/bin/sh", "-c", "cut -d' ' -f5 /proc/$$/stat; echo $$"]);
     let output = Output::new();
     let descriptors = [output.as_stdout()];
     let mut plan = plan(&argv, &descriptors);
-    plan.new_session = true;
+    plan.new_process_group = true;
     let (text, _) = finish(spawn(&plan), output);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.first(), lines.get(1), "{text}");
@@ -309,4 +309,69 @@ fn plan_directory_is_used() {
     let directory: &CStr = c"/tmp";
     plan.directory = directory;
     assert_eq!(finish(spawn(&plan), output).0, "/tmp\n");
+}
+
+/// Runs `/bin/sh` printing its controlling terminal's device number (field 7 of
+/// /proc/PID/stat, 0 for none) from a forked process that leads a session with a
+/// pseudo-terminal as its controlling terminal. Returns what the script printed.
+fn terminal_of_script(new_process_group: bool) -> String {
+    let output = Output::new();
+    // SAFETY: the forked child only runs the code below and ends with _exit; glibc's fork
+    // resets the allocator's locks in the child, so the allocation in `spawn` is safe.
+    match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => {
+            let code = (|| -> Option<i32> {
+                nix::unistd::setsid().ok()?;
+                // SAFETY: plain libc calls on a descriptor this process owns.
+                let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY) };
+                // SAFETY: as above.
+                if master < 0 || unsafe { libc::grantpt(master) } != 0 {
+                    return None;
+                }
+                // SAFETY: as above.
+                if unsafe { libc::unlockpt(master) } != 0 {
+                    return None;
+                }
+                let mut name = [0 as libc::c_char; 64];
+                // SAFETY: `name` is a live buffer of the length passed.
+                if unsafe { libc::ptsname_r(master, name.as_mut_ptr(), name.len()) } != 0 {
+                    return None;
+                }
+                // A session leader opening a terminal without O_NOCTTY acquires it.
+                // SAFETY: `name` is NUL-terminated by ptsname_r.
+                let slave = unsafe { libc::open(name.as_ptr(), libc::O_RDWR) };
+                if slave < 0 {
+                    return None;
+                }
+                let argv = strings(&["/bin/sh", "-c", "cut -d' ' -f7 /proc/$$/stat"]);
+                let descriptors = [output.as_stdout()];
+                let mut plan = plan(&argv, &descriptors);
+                plan.new_process_group = new_process_group;
+                let mut process = spawn(&plan).ok()?;
+                process.wait().ok()?.code()
+            })();
+            // SAFETY: _exit ends the forked child without running the test harness.
+            unsafe { libc::_exit(code.unwrap_or(99)) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(output.write_end);
+            let mut text = String::new();
+            std::fs::File::from(output.read_end)
+                .read_to_string(&mut text)
+                .unwrap();
+            let status = nix::sys::wait::waitpid(child, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            text.trim().to_string()
+        }
+    }
+}
+
+#[test]
+fn spawn_keeps_terminal_without_process_group() {
+    assert_ne!(terminal_of_script(false), "0");
+}
+
+#[test]
+fn spawn_detaches_terminal_with_process_group() {
+    assert_eq!(terminal_of_script(true), "0");
 }
