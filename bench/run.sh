@@ -3,7 +3,7 @@
 # --with-peers, against doas and s6-sudo. Run as root; takes a few minutes on 2 cores.
 #
 #   bench/run.sh [--with-peers] [--keep-peers] [--seconds S] [--warmup S] [--clients LIST]
-#                [--max-calls N]
+#                [--max-calls N] [--systems LIST]
 #
 # It builds the broker and the load generator in release mode, installs a script that
 # only exits 0 and a policy that lets www-data run it as root, starts the broker, and
@@ -26,13 +26,13 @@ while [ $# -gt 0 ]; do
     case $1 in
         --with-peers) with_peers=yes ;;
         --keep-peers) keep_peers=yes ;;
-        --seconds|--warmup|--clients|--max-calls)
+        --seconds|--warmup|--clients|--max-calls|--systems)
             [ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 64; }
             loadgen_options="$loadgen_options $1 $2"
             shift ;;
         *)
             echo "usage: bench/run.sh [--with-peers] [--keep-peers] [--seconds S]" \
-                "[--warmup S] [--clients LIST] [--max-calls N]" >&2
+                "[--warmup S] [--clients LIST] [--max-calls N] [--systems LIST]" >&2
             exit 64 ;;
     esac
     shift

@@ -5,7 +5,7 @@
 
 use std::ffi::c_void;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 pub mod spawn;
 
@@ -78,6 +78,20 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: on success the kernel installed a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Returns a descriptor of /dev/null, opened for reading and writing on first use and
+/// kept for the monitor's lifetime, for the standard streams of the processes it starts.
+pub fn dev_null() -> io::Result<BorrowedFd<'static>> {
+    static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_fd());
+    }
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    Ok(DEV_NULL.get_or_init(|| OwnedFd::from(opened)).as_fd())
 }
 
 /// Sends `signal` to the process a pidfd refers to (pidfd_send_signal(2)); unlike kill

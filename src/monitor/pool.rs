@@ -74,16 +74,11 @@ impl Spawner {
                 CString::new(argument).map_err(|error| PoolError::Argument(error.to_string()))?,
             );
         }
-        let null = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map(OwnedFd::from)
-            .map_err(PoolError::Null)?;
+        let null = crate::sys::dev_null().map_err(PoolError::Null)?;
         let descriptors = [
-            (null.as_fd(), 0),
-            (null.as_fd(), 1),
-            (null.as_fd(), 2),
+            (null, 0),
+            (null, 1),
+            (null, 2),
             (child_end.as_fd(), CHANNEL_FD),
             (self.queue.as_fd(), QUEUE_FD),
         ];

@@ -196,12 +196,7 @@ fn spawn(request: &RunRequest<'_>) -> Result<Started, RunError> {
     let io_error = |error: std::io::Error| {
         spawn_error(format!("failed to set up its standard streams: {error}"))
     };
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map(OwnedFd::from)
-        .map_err(io_error)?;
+    let null = sys::dev_null().map_err(io_error)?;
     let pipe = || pipe2(OFlag::O_CLOEXEC).map_err(|error| io_error(error.into()));
     let (stdin_child, stdin_monitor) = if request.stdin.is_empty() {
         (None, None)
@@ -223,9 +218,9 @@ fn spawn(request: &RunRequest<'_>) -> Result<Started, RunError> {
         (None, None)
     };
     let descriptors = [
-        (stdin_child.as_ref().unwrap_or(&null).as_fd(), 0),
-        (stdout_child.as_ref().unwrap_or(&null).as_fd(), 1),
-        (stderr_child.as_ref().unwrap_or(&null).as_fd(), 2),
+        (stdin_child.as_ref().map_or(null, AsFd::as_fd), 0),
+        (stdout_child.as_ref().map_or(null, AsFd::as_fd), 1),
+        (stderr_child.as_ref().map_or(null, AsFd::as_fd), 2),
     ];
 
     let rlimits = rlimit_list(command);

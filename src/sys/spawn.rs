@@ -268,7 +268,10 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Process, SpawnError> {
         }
     }
 
-    let stack = Stack::map().map_err(SpawnError::Stack)?;
+    let stack = match CACHED_STACK.take() {
+        Some(stack) => stack,
+        None => Stack::map().map_err(SpawnError::Stack)?,
+    };
     let shared = Shared {
         plan,
         argv: argv.as_ptr(),
@@ -306,7 +309,9 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Process, SpawnError> {
     let clone_error = io::Error::last_os_error();
     // SAFETY: `previous` is the mask saved above; this restores it for this thread.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
-    drop(stack);
+    // Kept for this thread's next start: unmapping a stack after every start would cost
+    // a TLB flush on every CPU that runs a thread of the monitor.
+    CACHED_STACK.set(Some(stack));
     drop(moved);
 
     if pid == -1 {
@@ -364,6 +369,11 @@ fn empty_signal_set() -> libc::sigset_t {
     // SAFETY: `set` is a live sigset_t.
     unsafe { libc::sigemptyset(&mut set) };
     set
+}
+
+thread_local! {
+    /// The stack of this thread's last child, which has exec'd or exited.
+    static CACHED_STACK: std::cell::Cell<Option<Stack>> = const { std::cell::Cell::new(None) };
 }
 
 /// The child's stack: an anonymous mapping with a guard page at its low end, so that an
