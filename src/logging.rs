@@ -127,6 +127,8 @@ where
 
 /// Connects to the journal. tracing-journald checks the socket at once by sending an
 /// empty datagram, which journald discards.
+// NOTE: tracing-journald 0.3.2 drops an event that it fails to send, without a report,
+// and its send blocks while journald's receive queue is full.
 fn journald_layer() -> Result<tracing_journald::Layer, LoggingError> {
     let layer = tracing_journald::Layer::new().map_err(|source| LoggingError::ConnectJournald {
         path: JOURNALD_SOCKET,
