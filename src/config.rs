@@ -704,6 +704,8 @@ mod tests {
             ),
             ("verbosity=loud", "verbosity", "loud"),
             ("log_format=xml", "log_format", "xml"),
+            ("log_destination=network", "log_destination", "network"),
+            ("syslog_socket=dev/log", "syslog_socket", "dev/log"),
             ("sandbox=off", "sandbox", "off"),
             ("request_timeout_ms=5", "request_timeout_ms", "5"),
         ];
