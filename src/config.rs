@@ -16,8 +16,12 @@ pub struct Config {
     pub socket_path: PathBuf,
     /// Prefix of the POSIX message queue name; a random suffix is appended.
     pub mq_name: String,
-    /// `None` logs to stderr.
+    /// Destination of log events. `File` appends to log_file.
+    pub log_destination: LogDestination,
+    /// File that log_destination=file appends to. Setting it alone selects that destination.
     pub log_file: Option<PathBuf>,
+    /// Datagram socket of the syslog daemon, for log_destination=syslog.
+    pub syslog_socket: PathBuf,
     pub max_connections: usize,
     /// Connections one peer uid may hold at once; `None` means half of max_connections.
     pub max_connections_per_uid: Option<usize>,
@@ -47,7 +51,9 @@ impl Default for Config {
         Config {
             socket_path: PathBuf::from("/run/secure_socket/broker.sock"),
             mq_name: "/secure_socket".to_string(),
+            log_destination: LogDestination::Stderr,
             log_file: None,
+            syslog_socket: PathBuf::from(DEFAULT_SYSLOG_SOCKET),
             max_connections: 64,
             max_connections_per_uid: None,
             socket_permissions: 0o660,
@@ -68,6 +74,22 @@ impl Default for Config {
             sandbox: SandboxMode::Strict,
         }
     }
+}
+
+/// Socket that syslog daemons listen on for local messages.
+pub const DEFAULT_SYSLOG_SOCKET: &str = "/dev/log";
+
+/// Destination of log events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDestination {
+    Stderr,
+    /// Appended to log_file.
+    File,
+    /// The systemd journal's native socket, one journal entry per event with every field
+    /// as a journal field.
+    Journald,
+    /// One line per event to syslog_socket.
+    Syslog,
 }
 
 /// Format of log events.
@@ -129,9 +151,19 @@ pub const PARAMETERS: &[ParameterDoc] = &[
         help: "user the parser children run as (name or uid, not root)",
     },
     ParameterDoc {
+        key: "log_destination",
+        default: "file when log_file is set, else stderr",
+        help: "stderr, file (log_file), journald (native journal fields) or syslog (syslog_socket)",
+    },
+    ParameterDoc {
         key: "log_file",
-        default: "(stderr)",
-        help: "absolute path of the log file, appended to",
+        default: "(none)",
+        help: "absolute path of the log file to append to, which selects log_destination=file",
+    },
+    ParameterDoc {
+        key: "syslog_socket",
+        default: DEFAULT_SYSLOG_SOCKET,
+        help: "absolute path of the syslog daemon's socket, for log_destination=syslog",
     },
     ParameterDoc {
         key: "verbosity",
@@ -141,7 +173,7 @@ pub const PARAMETERS: &[ParameterDoc] = &[
     ParameterDoc {
         key: "log_format",
         default: "text",
-        help: "text (one readable line per event) or json (one JSON object per line)",
+        help: "text (one readable line per event) or json (one JSON object per line), not with journald",
     },
     ParameterDoc {
         key: "mq_name",
@@ -254,6 +286,11 @@ impl Config {
             seen.push(key.to_string());
             config.set(key, value)?;
         }
+        let has = |key: &str| seen.iter().any(|k| k == key);
+        if !has("log_destination") && config.log_file.is_some() {
+            config.log_destination = LogDestination::File;
+        }
+        config.check_log_combinations(has("log_format"), has("syslog_socket"))?;
         config.check_combinations()?;
         Ok(config)
     }
@@ -269,6 +306,22 @@ impl Config {
                     Some(parse_file_path("log_file", value)?)
                 }
             }
+            "log_destination" => {
+                self.log_destination = match value {
+                    "stderr" => LogDestination::Stderr,
+                    "file" => LogDestination::File,
+                    "journald" => LogDestination::Journald,
+                    "syslog" => LogDestination::Syslog,
+                    _ => {
+                        return Err(invalid(
+                            "log_destination",
+                            value,
+                            "stderr, file, journald or syslog",
+                        ));
+                    }
+                }
+            }
+            "syslog_socket" => self.syslog_socket = parse_file_path("syslog_socket", value)?,
             "mq_name" => self.mq_name = parse_mq_name(value)?,
             "domain" => parse_domain(value)?,
             "protocol" => parse_protocol(value)?,
@@ -387,10 +440,53 @@ impl Config {
             .min(self.max_connections)
     }
 
+    /// Rejects log parameters that the chosen destination would ignore, so that a mistake
+    /// is reported instead of logging somewhere else than the administrator expects.
+    fn check_log_combinations(
+        &self,
+        format_given: bool,
+        syslog_socket_given: bool,
+    ) -> Result<(), ConfigError> {
+        let conflict = |reason: &str| {
+            Err(ConfigError::Conflict {
+                reason: reason.to_string(),
+            })
+        };
+        match self.log_destination {
+            LogDestination::File if self.log_file.is_none() => {
+                return conflict("log_destination=file requires log_file");
+            }
+            LogDestination::Stderr | LogDestination::Journald | LogDestination::Syslog
+                if self.log_file.is_some() =>
+            {
+                return conflict(
+                    "log_file is only used with log_destination=file, so remove one of them",
+                );
+            }
+            LogDestination::Journald if format_given && self.log_format == LogFormat::Json => {
+                return conflict(
+                    "log_format=json has no effect with log_destination=journald, which stores \
+                     every field as a journal field; remove log_format",
+                );
+            }
+            _ => {}
+        }
+        if syslog_socket_given && self.log_destination != LogDestination::Syslog {
+            return conflict("syslog_socket is only used with log_destination=syslog");
+        }
+        Ok(())
+    }
+
     fn check_combinations(&self) -> Result<(), ConfigError> {
         if self.log_file.as_deref() == Some(self.socket_path.as_path()) {
             return Err(ConfigError::Conflict {
                 reason: "log_file and socket_path are the same path".to_string(),
+            });
+        }
+        if self.log_destination == LogDestination::Syslog && self.syslog_socket == self.socket_path
+        {
+            return Err(ConfigError::Conflict {
+                reason: "syslog_socket and socket_path are the same path".to_string(),
             });
         }
         if self
@@ -608,6 +704,8 @@ mod tests {
             ),
             ("verbosity=loud", "verbosity", "loud"),
             ("log_format=xml", "log_format", "xml"),
+            ("log_destination=network", "log_destination", "network"),
+            ("syslog_socket=dev/log", "syslog_socket", "dev/log"),
             ("sandbox=off", "sandbox", "off"),
             ("request_timeout_ms=5", "request_timeout_ms", "5"),
         ];
@@ -643,11 +741,13 @@ mod tests {
 
     #[test]
     fn every_parameter_is_documented() {
-        let config_keys = [
+        let arguments = [
             "socket_path=/run/x/s",
             "policy_dir=/etc/p",
             "unprivileged_user=nobody",
+            "log_destination=syslog",
             "log_file=/var/log/x",
+            "syslog_socket=/run/x/log",
             "verbosity=debug",
             "log_format=json",
             "mq_name=/q",
@@ -668,7 +768,75 @@ mod tests {
             "shutdown_grace_ms=10",
             "sandbox=best-effort",
         ];
-        assert!(parse(&config_keys).is_ok());
-        assert_eq!(PARAMETERS.len(), config_keys.len());
+        // Some of these exclude each other, so each is set on its own.
+        for argument in arguments {
+            let (key, value) = argument.split_once('=').unwrap();
+            assert!(
+                Config::default().set(key, value).is_ok(),
+                "{argument} rejected"
+            );
+            assert!(
+                PARAMETERS.iter().any(|parameter| parameter.key == key),
+                "{key} missing from PARAMETERS"
+            );
+        }
+        assert_eq!(PARAMETERS.len(), arguments.len());
+    }
+
+    #[test]
+    fn log_destination_defaults_to_stderr() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.log_destination, LogDestination::Stderr);
+    }
+
+    #[test]
+    fn log_file_alone_selects_file() {
+        let config = parse(&["log_file=/var/log/broker.log"]).unwrap();
+        assert_eq!(config.log_destination, LogDestination::File);
+    }
+
+    #[test]
+    fn syslog_socket_defaults_to_dev_log() {
+        let config = parse(&["log_destination=syslog"]).unwrap();
+        assert_eq!(config.log_destination, LogDestination::Syslog);
+        assert_eq!(config.syslog_socket, PathBuf::from("/dev/log"));
+    }
+
+    #[test]
+    fn journald_accepts_text_format() {
+        let config = parse(&["log_destination=journald", "log_format=text"]).unwrap();
+        assert_eq!(config.log_destination, LogDestination::Journald);
+    }
+
+    #[test]
+    fn log_parameters_that_would_be_ignored_rejected() {
+        let cases: [&[&str]; 6] = [
+            &["log_destination=file"],
+            &["log_destination=journald", "log_file=/var/log/x"],
+            &["log_destination=stderr", "log_file=/var/log/x"],
+            &["log_destination=journald", "log_format=json"],
+            &["syslog_socket=/run/x/log"],
+            &[
+                "log_destination=syslog",
+                "syslog_socket=/run/x/s",
+                "socket_path=/run/x/s",
+            ],
+        ];
+        for arguments in cases {
+            let error = parse(arguments).unwrap_err();
+            assert!(
+                matches!(error, ConfigError::Conflict { .. }),
+                "{arguments:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_log_destination_rejected() {
+        let message = parse(&["log_destination=network"]).unwrap_err().to_string();
+        assert!(
+            message.contains("stderr, file, journald or syslog"),
+            "{message}"
+        );
     }
 }

@@ -74,11 +74,8 @@ fn run_broker(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(error) = logging::init(
-        config.log_file.as_deref(),
-        config.verbosity,
-        config.log_format,
-    ) {
+    // The log destination opens here, as root and before the monitor drops anything.
+    if let Err(error) = logging::init(&config) {
         eprintln!("secure_socket: {error}");
         if let Some(source) = std::error::Error::source(&error) {
             eprintln!("  caused by: {source}");

@@ -440,6 +440,7 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
         request_timeout_ms = config.request_timeout.as_millis() as u64,
         max_frame_bytes = config.max_frame_bytes,
         sandbox = ?config.sandbox,
+        log_destination = ?config.log_destination,
         version = env!("CARGO_PKG_VERSION"),
         "broker started"
     );

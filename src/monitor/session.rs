@@ -287,6 +287,9 @@ fn receive(
 
 /// Checks an Exec against the policy and the recorded peer, runs it, and logs one event.
 /// Returns the reply and whether the channel became readable while the script ran.
+///
+/// The event lists the arguments last, because they are the only field a client can make
+/// long, and a syslog line that is cut keeps the fields before them.
 fn handle_exec(
     shared: &Arc<Shared>,
     peer: &Peer,
@@ -327,7 +330,6 @@ fn handle_exec(
             peer_pid = peer.pid,
             peer_exe = %peer_exe,
             command = %command_name.escape_debug(),
-            arguments = %logged_arguments,
             decision = "allowed",
             request_id = %outcome.request_id,
             outcome = %describe_outcome(outcome),
@@ -335,6 +337,7 @@ fn handle_exec(
             signal = outcome.signal.unwrap_or(0),
             timed_out = outcome.timed_out,
             duration_ms,
+            arguments = %logged_arguments,
             "request ran"
         ),
         Err(error) => tracing::warn!(
@@ -343,13 +346,13 @@ fn handle_exec(
             peer_pid = peer.pid,
             peer_exe = %peer_exe,
             command = %command_name.escape_debug(),
-            arguments = %logged_arguments,
             decision = "rejected",
             request_id = %request_id,
             outcome = error.varlink_name(),
             field = %error.field.escape_debug(),
             rule = %error.rule,
             duration_ms,
+            arguments = %logged_arguments,
             "request rejected"
         ),
     }
