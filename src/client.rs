@@ -73,16 +73,20 @@ fn parse_options(args: &[String]) -> Result<Options, String> {
 pub fn parse_call_arguments(items: &[String]) -> Result<Map<String, Value>, String> {
     let mut arguments = Map::new();
     for item in items {
-        let (name, value) = if let Some((name, raw)) = item.split_once(":=") {
-            let value: Value = serde_json::from_str(raw)
-                .map_err(|error| format!("invalid JSON value for argument {name:?}: {error}"))?;
-            (name, value)
-        } else if let Some((name, text)) = item.split_once('=') {
-            (name, Value::String(text.to_string()))
-        } else {
+        // The first `=` ends the name, so a string value may itself contain `:=`.
+        let Some((head, rest)) = item.split_once('=') else {
             return Err(format!(
                 "invalid argument {item:?}: expected name=value or name:=JSON"
             ));
+        };
+        let (name, value) = match head.strip_suffix(':') {
+            Some(name) => {
+                let value: Value = serde_json::from_str(rest).map_err(|error| {
+                    format!("invalid JSON value for argument {name:?}: {error}")
+                })?;
+                (name, value)
+            }
+            None => (head, Value::String(rest.to_string())),
         };
         if name.is_empty() {
             return Err(format!("invalid argument {item:?}: the name is empty"));
@@ -102,18 +106,20 @@ fn call(socket: &str, method: &str, parameters: Value) -> Result<Value, String> 
     let mut request = serde_json::to_vec(&json!({ "method": method, "parameters": parameters }))
         .map_err(|error| format!("failed to encode the request: {error}"))?;
     request.push(0);
-    stream
-        .write_all(&request)
-        .map_err(|error| format!("failed to send the request: {error}"))?;
+    // A broker that rejects the connection at once (Busy) writes its reply and closes
+    // without reading, so the send may fail while that reply is already waiting.
+    let sent = stream.write_all(&request);
     let mut reply = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
-        let count = stream
-            .read(&mut chunk)
-            .map_err(|error| format!("failed to read the reply: {error}"))?;
-        if count == 0 {
-            return Err("the broker closed the connection without a reply".to_string());
-        }
+        let count = match (stream.read(&mut chunk), &sent) {
+            (Ok(count), _) if count > 0 => count,
+            (_, Err(error)) => return Err(format!("failed to send the request: {error}")),
+            (Ok(_), Ok(())) => {
+                return Err("the broker closed the connection without a reply".to_string());
+            }
+            (Err(error), Ok(())) => return Err(format!("failed to read the reply: {error}")),
+        };
         reply.extend_from_slice(&chunk[..count]);
         if let Some(end) = reply.iter().position(|&byte| byte == 0) {
             reply.truncate(end);
@@ -217,6 +223,12 @@ mod tests {
         let arguments = parse_call_arguments(&strings(&["name=a=b", "count:=5"])).unwrap();
         assert_eq!(arguments["name"], json!("a=b"));
         assert_eq!(arguments["count"], json!(5));
+    }
+
+    #[test]
+    fn call_arguments_string_value_containing_json_marker() {
+        let arguments = parse_call_arguments(&strings(&["text=a:=5"])).unwrap();
+        assert_eq!(arguments["text"], json!("a:=5"));
     }
 
     #[test]

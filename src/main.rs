@@ -9,31 +9,35 @@ use secure_socket::{child, client, logging, monitor, policy};
 /// Exit status for invalid parameters.
 const EXIT_INVALID_PARAMETERS: u8 = 2;
 
+/// Prints the help text. Write errors are ignored, so that `--help | head` ends quietly
+/// instead of panicking on a closed pipe.
 fn print_help() {
-    println!(
-        "secure_socket {}: a local access broker",
+    let mut text = format!(
+        "secure_socket {}: a local access broker\n\n",
         env!("CARGO_PKG_VERSION")
     );
-    println!();
-    println!("usage: secure_socket [key=value ...]        run the broker (as root)");
-    println!("       secure_socket check-policy DIR       validate a policy directory");
-    println!(
-        "       secure_socket call|list|describe ... call a running broker (see `secure_socket call --help`)"
+    text.push_str("usage: secure_socket [key=value ...]        run the broker (as root)\n");
+    text.push_str("       secure_socket check-policy DIR       validate a policy directory\n");
+    text.push_str(
+        "       secure_socket call|list|describe ... call a running broker (see `secure_socket call --help`)\n",
     );
-    println!();
-    println!("parameters:");
+    text.push_str("\nparameters:\n");
     for parameter in PARAMETERS {
-        println!(
-            "  {:<30} {} (default: {})",
+        text.push_str(&format!(
+            "  {:<30} {} (default: {})\n",
             parameter.key, parameter.help, parameter.default
-        );
+        ));
     }
-    println!();
-    println!("signals: SIGTERM/SIGINT stop the broker, SIGHUP reloads the policy.");
+    text.push_str("\nsignals: SIGTERM/SIGINT stop the broker, SIGHUP reloads the policy.\n");
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
 }
 
 fn check_policy(args: &[String]) -> ExitCode {
     let [dir] = args else {
+        eprintln!("usage: secure_socket check-policy DIR");
+        return ExitCode::from(EXIT_INVALID_PARAMETERS);
+    };
+    if dir.starts_with('-') {
         eprintln!("usage: secure_socket check-policy DIR");
         return ExitCode::from(EXIT_INVALID_PARAMETERS);
     };

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::{
-    Broker, Fixture, VarlinkConnection, WWW_DATA, error_name, parameters, run_client_as, wait_for,
+    Broker, Fixture, User, VarlinkConnection, WWW_DATA, error_name, parameters, run_client_as,
+    wait_for,
 };
 
 const POLICY: &str = r#"
@@ -194,6 +195,37 @@ fn uid_over_its_limit_gets_busy() {
         served_again,
         "root was not served again after closing one of its connections\n{}",
         broker.diagnostics()
+    );
+}
+
+#[test]
+fn cli_over_uid_limit_reports_busy() {
+    // The broker answers Busy and closes without reading the request, so the client's
+    // send can fail while the reply is already waiting; the client must still report it.
+    const ROOT: User = User {
+        name: "root",
+        uid: 0,
+        gid: 0,
+    };
+    let fixture = policy_fixture();
+    let broker = Broker::start(
+        &fixture,
+        &[
+            ("max_connections", "8"),
+            ("max_connections_per_uid", "2"),
+            ("request_timeout_ms", "60000"),
+        ],
+    );
+    let _first = connect_served(&broker);
+    let _second = connect_served(&broker);
+
+    let output = run_client_as(&fixture, ROOT, &["call", "hello"]);
+
+    assert_eq!(output.code(), Some(65), "{}", output.describe());
+    assert!(
+        output.stderr.contains("org.securesocket.Broker.Busy"),
+        "{}",
+        output.describe()
     );
 }
 

@@ -174,8 +174,19 @@ class SecureSocketClient
             $seconds = (int) $this->timeoutSeconds;
             $microseconds = (int) (($this->timeoutSeconds - $seconds) * 1000000);
             stream_set_timeout($connection, $seconds, $microseconds);
-            $this->writeAll($connection, $request . "\0");
-            $reply = $this->readFrame($connection);
+            // A broker that rejects the connection at once (Busy) writes its reply and
+            // closes without reading, so a failed send may still have a reply waiting.
+            $sendError = null;
+            try {
+                $this->writeAll($connection, $request . "\0");
+            } catch (SecureSocketConnectionError $error) {
+                $sendError = $error;
+            }
+            try {
+                $reply = $this->readFrame($connection);
+            } catch (SecureSocketConnectionError $error) {
+                throw $sendError ?? $error;
+            }
         } finally {
             fclose($connection);
         }

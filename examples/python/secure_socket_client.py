@@ -79,8 +79,19 @@ class Client:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(self.timeout)
             connection.connect(self.path)
-            connection.sendall(frame)
-            reply = _receive_frame(connection)
+            # A broker that rejects the connection at once (Busy) writes its reply and
+            # closes without reading, so a failed send may still have a reply waiting.
+            send_error = None
+            try:
+                connection.sendall(frame)
+            except OSError as error:
+                send_error = error
+            try:
+                reply = _receive_frame(connection)
+            except OSError:
+                if send_error is not None:
+                    raise send_error
+                raise
 
         message = json.loads(reply.decode("utf-8"))
         if "error" in message:
@@ -128,13 +139,13 @@ def _parse_arguments(items):
     """Turn name=value (a string) and name:=JSON (any JSON value) items into a dict."""
     arguments = {}
     for item in items:
-        if ":=" in item:
-            name, raw = item.split(":=", 1)
-            value = json.loads(raw)
-        elif "=" in item:
-            name, value = item.split("=", 1)
-        else:
+        if "=" not in item:
             raise ValueError("invalid argument %r: expected name=value or name:=JSON" % item)
+        # The first "=" ends the name, so a string value may itself contain ":=".
+        name, value = item.split("=", 1)
+        if name.endswith(":"):
+            name = name[:-1]
+            value = json.loads(value)
         if not name:
             raise ValueError("invalid argument %r: the name is empty" % item)
         if name in arguments:
