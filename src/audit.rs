@@ -7,7 +7,8 @@
 //! request. Message priority carries the level, so alerts are received first.
 //!
 //! Events are untrusted: a compromised child may send anything. The logger therefore
-//! bounds every field, logs client-supplied strings through `Debug` (escaped), and
+//! bounds every field, logs client-supplied strings as string values (the text format
+//! quotes and escapes them, JSON and journald keep each in its own field), and
 //! attributes an event to the peer identity the monitor recorded for the event's session
 //! id, never to an identity the child claims.
 
@@ -382,12 +383,26 @@ pub fn run_logger(
     }
 }
 
+/// Returns `text` as it is when it holds only ASCII letters, digits and `-` (as request
+/// ids that the child generates do), and quoted and escaped otherwise, so that a
+/// compromised child cannot add fields to a text log line through its request id.
+fn plain_or_quoted(text: &str) -> String {
+    if text
+        .chars()
+        .all(|character| character.is_ascii_alphanumeric() || character == '-')
+    {
+        text.to_string()
+    } else {
+        format!("{text:?}")
+    }
+}
+
 fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
     let Some(peer) = registry.peer(event.session_id) else {
         tracing::warn!(
             session = event.session_id,
-            outcome = %event.outcome.escape_debug(),
-            detail = %event.detail.escape_debug(),
+            outcome = event.outcome.as_str(),
+            detail = event.detail.as_str(),
             dropped = event.dropped,
             "audit event from an unknown session, identity not verified"
         );
@@ -399,9 +414,9 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
     let peer_exe = peer
         .exe
         .as_ref()
-        .map(|exe| exe.display().to_string().escape_debug().to_string())
+        .map(|exe| exe.display().to_string())
         .unwrap_or_default();
-    let request_id = event.request_id.escape_debug().to_string();
+    let request_id = plain_or_quoted(&event.request_id);
     let duration_ms = event.duration_us as f64 / 1000.0;
     if event.dropped > 0 {
         tracing::warn!(
@@ -416,13 +431,13 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
             peer_uid,
             peer_gid,
             peer_pid,
-            peer_exe = %peer_exe,
+            peer_exe = peer_exe.as_str(),
             request_id = %request_id,
             decision = "answered",
-            method = %event.method.escape_debug(),
-            command = %event.command.escape_debug(),
-            outcome = %event.outcome.escape_debug(),
-            detail = %event.detail.escape_debug(),
+            method = event.method.as_str(),
+            command = event.command.as_str(),
+            outcome = event.outcome.as_str(),
+            detail = event.detail.as_str(),
             duration_ms,
             "request"
         ),
@@ -430,32 +445,32 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
             peer_uid,
             peer_gid,
             peer_pid,
-            peer_exe = %peer_exe,
+            peer_exe = peer_exe.as_str(),
             request_id = %request_id,
             decision = "rejected",
-            method = %event.method.escape_debug(),
-            command = %event.command.escape_debug(),
-            outcome = %event.outcome.escape_debug(),
-            detail = %event.detail.escape_debug(),
+            method = event.method.as_str(),
+            command = event.command.as_str(),
+            outcome = event.outcome.as_str(),
+            detail = event.detail.as_str(),
             duration_ms,
             "request rejected"
         ),
         (EventKind::ProtocolError, _) => tracing::warn!(
             peer_uid,
             peer_pid,
-            outcome = %event.outcome.escape_debug(),
-            detail = %event.detail.escape_debug(),
+            outcome = event.outcome.as_str(),
+            detail = event.detail.as_str(),
             "protocol error"
         ),
         (EventKind::Sandbox, _) => tracing::debug!(
             peer_uid,
-            detail = %event.detail.escape_debug(),
+            detail = event.detail.as_str(),
             "parser child sandbox status"
         ),
         (EventKind::ConnectionClosed, _) => tracing::debug!(
             peer_uid,
             peer_pid,
-            detail = %event.detail.escape_debug(),
+            detail = event.detail.as_str(),
             "connection closed"
         ),
     }

@@ -546,3 +546,32 @@ fn hostile_corpus_split_into_bytes() {
     let sent: Vec<&Case> = cases.iter().collect();
     assert_log_is_clean(&fixture, &broker, &request_ids, &sent);
 }
+
+#[test]
+fn command_name_cannot_add_log_fields() {
+    let fixture = policy_fixture();
+    let broker = start_broker(&fixture);
+    let forged = "x decision=allowed peer_uid=0 outcome=exit";
+
+    let reply = broker.connect().run(forged, json!({}));
+    let expected_field = format!("command={forged:?}");
+    let appeared = wait_for(Duration::from_secs(5), || {
+        fixture.log().contains(&expected_field)
+    });
+
+    assert_eq!(
+        error_name(&reply),
+        Some("org.securesocket.Broker.UnknownCommand"),
+        "{reply}"
+    );
+    assert!(
+        appeared,
+        "the command name is not one quoted value in the log\n{}",
+        fixture.log()
+    );
+    assert!(
+        !fixture.log().contains("command=x "),
+        "the command name was logged unquoted\n{}",
+        fixture.log()
+    );
+}

@@ -244,7 +244,8 @@ fn log_policy_errors(error: &policy::LoadError) {
             file = %entry.file.display(),
             line = entry.line,
             key = %entry.key,
-            message = %entry.message,
+            // Not `message`: that name is the event's own text in JSON and journald.
+            reason = %entry.message,
             "policy error"
         );
     }

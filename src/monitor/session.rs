@@ -321,15 +321,15 @@ fn handle_exec(
     let peer_exe = peer
         .exe
         .as_ref()
-        .map(|exe| exe.display().to_string().escape_debug().to_string())
+        .map(|exe| exe.display().to_string())
         .unwrap_or_default();
     match &result {
         Ok(RunResult { outcome, .. }) => tracing::info!(
             peer_uid = peer.uid,
             peer_gid = peer.gid,
             peer_pid = peer.pid,
-            peer_exe = %peer_exe,
-            command = %command_name.escape_debug(),
+            peer_exe = peer_exe.as_str(),
+            command = command_name,
             decision = "allowed",
             request_id = %outcome.request_id,
             outcome = %describe_outcome(outcome),
@@ -337,22 +337,22 @@ fn handle_exec(
             signal = outcome.signal.unwrap_or(0),
             timed_out = outcome.timed_out,
             duration_ms,
-            arguments = %logged_arguments,
+            arguments = logged_arguments.as_str(),
             "request ran"
         ),
         Err(error) => tracing::warn!(
             peer_uid = peer.uid,
             peer_gid = peer.gid,
             peer_pid = peer.pid,
-            peer_exe = %peer_exe,
-            command = %command_name.escape_debug(),
+            peer_exe = peer_exe.as_str(),
+            command = command_name,
             decision = "rejected",
             request_id = %request_id,
             outcome = error.varlink_name(),
-            field = %error.field.escape_debug(),
+            field = error.field.as_str(),
             rule = %error.rule,
             duration_ms,
-            arguments = %logged_arguments,
+            arguments = logged_arguments.as_str(),
             "request rejected"
         ),
     }
@@ -446,7 +446,7 @@ fn check_and_run(
     // The child validated these already. A failure here means the child is broken or
     // compromised, so it is logged as an error as well as rejected.
     let accepted = command.spec.validate(arguments).map_err(|error| {
-        tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, command = %command_name.escape_debug(), argument = %error.argument.escape_debug(), rule = %error.rule, "parser child sent an Exec that fails validation");
+        tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, command = command_name, argument = error.argument.as_str(), rule = %error.rule, "parser child sent an Exec that fails validation");
         BrokerError::new(
             ErrorKind::InvalidArgument,
             error.argument.clone(),
@@ -503,7 +503,7 @@ fn check_and_run(
         channel: Some(channel.as_fd()),
     };
     runner::run(&request, &shared.process_groups).map_err(|error| {
-        tracing::error!(%error, command = %command_name.escape_debug(), "script failed to run");
+        tracing::error!(%error, command = command_name, "script failed to run");
         BrokerError::new(
             ErrorKind::ExecutionFailed,
             command_name,
