@@ -57,7 +57,7 @@ fn check_policy(args: &[String]) -> ExitCode {
 }
 
 fn run_broker(args: &[String]) -> ExitCode {
-    secure_socket::sys::use_fixed_mmap_threshold();
+    secure_socket::sys::tune_allocator();
     // Descriptors inherited from the broker's parent must not reach its children. Parser
     // children close everything anyway, and this covers the scripts the monitor starts.
     if let Err(error) = secure_socket::sys::mark_inherited_cloexec() {
