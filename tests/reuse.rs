@@ -502,3 +502,33 @@ fn reused_child_restarts_request_count() {
         assert_eq!(request["peer_pid"], assignment["peer_pid"]);
     }
 }
+
+#[test]
+fn peer_without_executable_never_reused() {
+    // The monitor keeps only CAP_SETUID, CAP_SETGID and CAP_KILL, so Linux refuses it
+    // /proc/PID/exe of this test process, which runs as root with every capability.
+    let (fixture, broker) = start(&[]);
+    for round in 0..3 {
+        let released_before = released(&fixture);
+        let mut connection = broker.connect();
+        let reply = connection.call("org.securesocket.Broker.List", json!({}));
+        assert!(
+            reply["parameters"]["commands"].is_array(),
+            "round {round}: {reply}"
+        );
+        drop(connection);
+        assert!(wait_for(LOG_TIMEOUT, || released(&fixture) > released_before));
+    }
+
+    // The readiness probe of Broker::start is the first of four connections.
+    let assigned = assignments_of(&fixture, 0);
+    assert_eq!(assigned.len(), 4, "{}", fixture.log());
+    let mut pids: Vec<i32> = assigned.iter().map(child_pid).collect();
+    for record in &assigned {
+        assert_eq!(record["peer_exe"], json!(""));
+        assert_eq!(record["child"], json!("fresh"));
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "{}", fixture.log());
+}
