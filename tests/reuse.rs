@@ -532,3 +532,62 @@ fn peer_without_executable_never_reused() {
     pids.dedup();
     assert_eq!(pids.len(), 4, "{}", fixture.log());
 }
+
+/// Returns the contents of every writable mapping of `pid` (heap, stacks, anonymous
+/// memory and data segments), read through /proc/PID/mem.
+fn writable_memory(pid: i32) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut memory = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut contents = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap();
+        let permissions = fields.next().unwrap();
+        if !permissions.starts_with("rw") || line.ends_with("[vvar]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        let mut region = vec![0u8; (end - start) as usize];
+        memory.seek(SeekFrom::Start(start)).unwrap();
+        // A mapping may have pages that cannot be read (guard pages); those stay zero.
+        let _ = memory.read_exact(&mut region);
+        contents.extend_from_slice(&region);
+    }
+    contents
+}
+
+#[test]
+fn cached_child_memory_holds_no_request() {
+    let (fixture, _broker) = start(&[]);
+    let client = fixture.client_binary().to_path_buf();
+    // A value that occurs nowhere else: the test process's pid and the time.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let marker = format!("{}x{nanos}", std::process::id());
+    let token = format!("token=secret{marker}");
+    let output = run_client(
+        &fixture,
+        WWW_DATA,
+        &client,
+        &["call", "--json", "greet", "name=reuse", &token],
+    );
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    let cached = child_pid(&assignments_of(&fixture, WWW_DATA.uid)[0]);
+    assert!(!records(&fixture, CACHED).is_empty(), "{}", fixture.log());
+
+    let memory = writable_memory(cached);
+    let needle = format!("secret{marker}");
+    let found = memory
+        .windows(needle.len())
+        .position(|window| window == needle.as_bytes());
+    assert_eq!(
+        found, None,
+        "the cached child still holds the previous request"
+    );
+}

@@ -13,6 +13,7 @@
 //!
 //! Trusted input: the monitor's messages. Untrusted: everything read from the client.
 
+pub mod scrub;
 mod serve;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -98,6 +99,9 @@ pub fn run(args: &[String]) -> ExitCode {
     // so the hook prints nothing and the process aborts.
     std::panic::set_hook(Box::new(|_| std::process::abort()));
 
+    // Every block freed from here on is zeroed first, so a later connection cannot find
+    // an earlier one's bytes in this process.
+    scrub::enable();
     let Some(settings) = ChildSettings::from_args(args) else {
         return ExitCode::from(EXIT_SETUP_FAILED);
     };
@@ -159,6 +163,7 @@ pub fn run(args: &[String]) -> ExitCode {
             Some(next) => carried = next,
             None => return ExitCode::SUCCESS,
         }
+        scrub::erase_stack();
     }
 }
 
