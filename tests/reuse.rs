@@ -304,14 +304,18 @@ fn reuse_disabled_gives_fresh_child_each_time() {
     assert!(records(&fixture, CACHED).is_empty(), "{}", fixture.log());
 }
 
-#[test]
-fn reload_kills_cached_children() {
-    let (fixture, broker) = start(&[]);
+/// Runs one www-data call and returns the pid of the child the broker cached after it.
+fn cache_www_data_child(fixture: &Fixture) -> i32 {
     let client = fixture.client_binary().to_path_buf();
-    greet(&fixture, WWW_DATA, &client);
-    let cached = child_pid(&assignments_of(&fixture, WWW_DATA.uid)[0]);
+    greet(fixture, WWW_DATA, &client);
+    let cached = child_pid(&assignments_of(fixture, WWW_DATA.uid)[0]);
     assert!(process_is_alive(cached));
+    cached
+}
 
+/// Sends SIGHUP to the broker and checks that the cached child `cached` is killed and
+/// reaped.
+fn assert_reload_kills(fixture: &Fixture, broker: &Broker, cached: i32) {
     signal::kill(Pid::from_raw(broker.pid()), Signal::SIGHUP).unwrap();
     assert!(
         wait_for(LOG_TIMEOUT, || !Path::new(&format!("/proc/{cached}"))
@@ -319,11 +323,32 @@ fn reload_kills_cached_children() {
         "cached child {cached} was not killed and reaped after SIGHUP\n{}",
         fixture.log()
     );
+}
 
-    greet(&fixture, WWW_DATA, &client);
+#[test]
+fn reload_kills_cached_children() {
+    let (fixture, broker) = start(&[]);
+    let cached = cache_www_data_child(&fixture);
+    assert_reload_kills(&fixture, &broker, cached);
+
+    greet(&fixture, WWW_DATA, fixture.client_binary());
     let assigned = assignments_of(&fixture, WWW_DATA.uid);
     assert_eq!(assigned[1]["child"], json!("fresh"));
     assert_ne!(child_pid(&assigned[1]), cached);
+}
+
+#[test]
+fn rejected_reload_kills_cached_children() {
+    let (fixture, broker) = start(&[]);
+    let cached = cache_www_data_child(&fixture);
+    fixture.write_policy("broken", "[command.broken\n");
+    assert_reload_kills(&fixture, &broker, cached);
+
+    let rejected = records(
+        &fixture,
+        "policy reload rejected, the previous policy stays in force",
+    );
+    assert_eq!(rejected.len(), 1, "{}", fixture.log());
 }
 
 #[test]

@@ -740,3 +740,36 @@ fn reuse_skips_child_after_reload() {
     assert_eq!(fixture.shared.children.len(), 0);
     fixture.shared.children.stop();
 }
+
+#[test]
+fn reuse_evicts_least_recently_cached() {
+    let mut config = test_config();
+    config.max_cached_children = 1;
+    let fixture = Fixture::with_config(config);
+    let first = fixture.start_reusable_session(peer(ALLOWED_UID));
+    first.end_with_ready();
+    assert!(first.ended_within(WAIT_LIMIT));
+    let second = fixture.start_reusable_session(peer(UNLISTED_UID));
+    second.end_with_ready();
+    assert!(second.ended_within(WAIT_LIMIT));
+    assert_eq!(fixture.shared.children.len(), 1);
+
+    let identity_of = |uid: u32| {
+        let mut recorded = peer(uid);
+        recorded.exe = Some(std::path::PathBuf::from("/usr/bin/sleep"));
+        super::reuse::Identity::of(&recorded).unwrap()
+    };
+    assert!(
+        fixture
+            .shared
+            .children
+            .take(&identity_of(ALLOWED_UID))
+            .is_none()
+    );
+    let kept = fixture.shared.children.take(&identity_of(UNLISTED_UID));
+    assert!(kept.is_some());
+    let mut kept = kept.unwrap();
+    let _ = kept.child.process.kill();
+    let _ = kept.child.process.wait();
+    fixture.shared.children.stop();
+}
