@@ -3,7 +3,10 @@
 # --with-peers, against doas and s6-sudo. Run as root; takes a few minutes on 2 cores.
 #
 #   bench/run.sh [--with-peers] [--keep-peers] [--seconds S] [--warmup S] [--clients LIST]
-#                [--max-calls N] [--systems LIST]
+#                [--max-calls N] [--systems LIST] [--max-connections-per-child N]
+#
+# --max-connections-per-child sets the broker parameter of that name (default 32, as in
+# parameters.conf); 1 turns the reuse of parser children off, to compare with it on.
 #
 # It builds the broker and the load generator in release mode, installs a script that
 # only exits 0 and a policy that lets www-data run it as root, starts the broker, and
@@ -22,6 +25,7 @@ revision=$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)
 with_peers=no
 keep_peers=no
 loadgen_options=
+max_connections_per_child=32
 while [ $# -gt 0 ]; do
     case $1 in
         --with-peers) with_peers=yes ;;
@@ -30,9 +34,14 @@ while [ $# -gt 0 ]; do
             [ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 64; }
             loadgen_options="$loadgen_options $1 $2"
             shift ;;
+        --max-connections-per-child)
+            [ $# -ge 2 ] || { echo "run.sh: $1 needs a value" >&2; exit 64; }
+            max_connections_per_child=$2
+            shift ;;
         *)
             echo "usage: bench/run.sh [--with-peers] [--keep-peers] [--seconds S]" \
-                "[--warmup S] [--clients LIST] [--max-calls N] [--systems LIST]" >&2
+                "[--warmup S] [--clients LIST] [--max-calls N] [--systems LIST]" \
+                "[--max-connections-per-child N]" >&2
             exit 64 ;;
     esac
     shift
@@ -161,6 +170,9 @@ ulimit -n 8192
     request_timeout_ms=10000 \
     max_frame_bytes=65536 \
     max_requests_per_connection=1000000 \
+    max_connections_per_child="$max_connections_per_child" \
+    max_cached_children=16 \
+    cached_child_idle_ms=10000 \
     shutdown_grace_ms=5000 \
     sandbox=strict &
 broker_pid=$!

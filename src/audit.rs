@@ -255,9 +255,10 @@ impl AuditSender {
         self.session_id = session_id;
     }
 
-    /// Events dropped since the last event that reached the queue.
-    pub fn dropped(&self) -> u32 {
-        self.dropped
+    /// Returns the dropped count and resets it, so that a count reported at the end of
+    /// one connection is not reported again for the next one.
+    pub fn take_dropped(&mut self) -> u32 {
+        std::mem::take(&mut self.dropped)
     }
 
     pub fn raw_fd(&self) -> i32 {
@@ -464,6 +465,7 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
         ),
         (EventKind::Sandbox, _) => tracing::debug!(
             peer_uid,
+            peer_pid,
             detail = event.detail.as_str(),
             "parser child sandbox status"
         ),

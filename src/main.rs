@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use secure_socket::config::{Config, PARAMETERS};
 use secure_socket::{child, client, logging, monitor, policy};
 
+/// Zeroes freed memory in the parser child role, which enables it; elsewhere it is the
+/// system allocator.
+#[global_allocator]
+static ALLOCATOR: child::scrub::ScrubbingAllocator = child::scrub::ScrubbingAllocator;
+
 /// Exit status for invalid parameters.
 const EXIT_INVALID_PARAMETERS: u8 = 2;
 

@@ -47,9 +47,9 @@ const WARM_UP: Duration = Duration::from_secs(70);
 const REQUESTS_PER_PERSISTENT_CONNECTION: u64 = 40;
 /// Growth of the monitor's resident memory allowed after the warm-up, in KiB.
 const RSS_TOLERANCE_KIB: u64 = 2048;
-/// Threads of an idle monitor: the accept loop, the audit logger, the pool refill and
-/// the signal thread.
-const IDLE_THREADS: usize = 4;
+/// Threads of an idle monitor: the accept loop, the audit logger, the pool refill, the
+/// reaper of cached parser children and the signal thread.
+const IDLE_THREADS: usize = 5;
 
 /// Parser children the broker keeps ready; the idle baseline is taken with all of them.
 const POOL_SIZE: usize = 4;

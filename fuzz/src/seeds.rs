@@ -237,6 +237,12 @@ fn child_message_seeds() -> Vec<Seed> {
             channel::encode_child_message(&ChildMessage::Bye { dropped_events: 7 }),
             true,
         ),
+        seed(
+            target,
+            "ready",
+            channel::encode_child_message(&ChildMessage::Ready { dropped_events: 0 }),
+            true,
+        ),
         seed(target, "exec-truncated", truncated, false),
         seed(target, "exec-trailing-byte", trailing, false),
         seed(target, "exec-unknown-value-type", unknown_value_type, false),

@@ -4,12 +4,16 @@
 //! with an empty environment, the channel to the monitor on descriptor 3 and the audit
 //! queue on descriptor 4. Before it receives a client connection it closes every other
 //! descriptor, switches to the unprivileged user, sets no_new_privs, and applies landlock
-//! and seccomp. It then waits for one `Assign` from the monitor carrying a client
+//! and seccomp. It then waits for an `Assign` from the monitor carrying a client
 //! connection, the peer identity the monitor read from the kernel and the commands that
-//! peer may run, serves that one client, and exits.
+//! peer may run, and serves that client. With `max_connections` above 1 it then closes
+//! the connection, clears its per-connection state, sends `Ready` and waits for the next
+//! `Assign`, which the monitor sends only for a connection of the same peer identity.
+//! After `max_connections` connections, or at end of file on the channel, it exits.
 //!
 //! Trusted input: the monitor's messages. Untrusted: everything read from the client.
 
+pub mod scrub;
 mod serve;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -18,7 +22,7 @@ use std::time::Duration;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags};
 
-use crate::audit::{AuditSender, Event, EventKind, PRIORITY_INFO};
+use crate::audit::AuditSender;
 use crate::protocol::channel::{self, MAX_MESSAGE_BYTES, MonitorMessage};
 use crate::sandbox::{self, SandboxMode};
 
@@ -38,6 +42,8 @@ pub struct ChildSettings {
     pub max_frame_bytes: usize,
     pub request_timeout: Duration,
     pub max_requests: u32,
+    /// Connections this child serves before it exits; 0 counts as 1.
+    pub max_connections: u32,
     /// Pid of the monitor, to detect that it died before this child asked to die with it.
     pub monitor_pid: i32,
 }
@@ -52,6 +58,7 @@ impl ChildSettings {
             self.max_frame_bytes.to_string(),
             self.request_timeout.as_millis().to_string(),
             self.max_requests.to_string(),
+            self.max_connections.to_string(),
             self.monitor_pid.to_string(),
         ]
     }
@@ -64,6 +71,7 @@ impl ChildSettings {
             max_frame_bytes,
             timeout_ms,
             max_requests,
+            max_connections,
             monitor_pid,
         ] = args
         else {
@@ -76,6 +84,7 @@ impl ChildSettings {
             max_frame_bytes: max_frame_bytes.parse().ok()?,
             request_timeout: Duration::from_millis(timeout_ms.parse().ok()?),
             max_requests: max_requests.parse().ok()?,
+            max_connections: max_connections.parse().ok()?,
             monitor_pid: monitor_pid.parse().ok()?,
         })
     }
@@ -90,13 +99,16 @@ pub fn run(args: &[String]) -> ExitCode {
     // so the hook prints nothing and the process aborts.
     std::panic::set_hook(Box::new(|_| std::process::abort()));
 
+    // Every block freed from here on is zeroed first, so a later connection cannot find
+    // an earlier one's bytes in this process.
+    scrub::enable();
     let Some(settings) = ChildSettings::from_args(args) else {
         return ExitCode::from(EXIT_SETUP_FAILED);
     };
     let Ok((channel, queue)) = crate::sys::take_child_descriptors(CHANNEL_FD, QUEUE_FD) else {
         return ExitCode::from(EXIT_SETUP_FAILED);
     };
-    let mut audit = AuditSender::new(queue);
+    let audit = AuditSender::new(queue);
 
     // Privileges go first, while the filters still allow setgroups and setresuid.
     if sandbox::drop_privileges(settings.uid, settings.gid).is_err() {
@@ -116,47 +128,43 @@ pub fn run(args: &[String]) -> ExitCode {
     };
 
     // From here on the seccomp filter allows only the calls the serve loop makes.
-    let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
-    let Some((client, message)) = receive_assignment(&channel, &mut buffer) else {
-        return ExitCode::from(EXIT_SETUP_FAILED);
-    };
-    let MonitorMessage::Assign {
-        session_id,
-        peer: _,
-        commands,
-    } = message
-    else {
-        return ExitCode::from(EXIT_SETUP_FAILED);
-    };
-    audit.set_session(session_id);
-    audit.send(
-        Event {
-            session_id,
-            kind: EventKind::Sandbox,
-            dropped: 0,
-            duration_us: 0,
-            method: String::new(),
-            command: String::new(),
-            outcome: "ok".to_string(),
-            detail: status.to_string(),
-            request_id: String::new(),
-        },
-        PRIORITY_INFO,
-    );
-
-    let mut session = serve::Session {
-        session_id,
-        requests: 0,
-        client,
+    let max_connections = settings.max_connections.max(1);
+    let mut carried = serve::Carried {
         channel,
         audit,
-        commands,
         settings,
-        buffer,
+        buffer: vec![0u8; MAX_MESSAGE_BYTES],
     };
-    session.serve();
-    session.finish();
-    ExitCode::SUCCESS
+    let mut served: u32 = 0;
+    loop {
+        // End of file on the channel after a connection means the monitor decided not to
+        // send another one, which is a normal end.
+        let Some((client, message)) = receive_assignment(&carried.channel, &mut carried.buffer)
+        else {
+            return if served == 0 {
+                ExitCode::from(EXIT_SETUP_FAILED)
+            } else {
+                ExitCode::SUCCESS
+            };
+        };
+        let MonitorMessage::Assign {
+            session_id,
+            peer: _,
+            commands,
+        } = message
+        else {
+            return ExitCode::from(EXIT_SETUP_FAILED);
+        };
+        served += 1;
+        let mut session = serve::Session::new(session_id, client, commands, carried);
+        session.sandbox_event(&status.to_string(), served);
+        session.serve();
+        match session.finish(served < max_connections) {
+            Some(next) => carried = next,
+            None => return ExitCode::SUCCESS,
+        }
+        scrub::erase_stack();
+    }
 }
 
 /// Waits for the monitor's Assign message and the client descriptor that travels with it.

@@ -1,4 +1,4 @@
-//! The parser child's request loop for its one client.
+//! The parser child's request loop for one client connection.
 //!
 //! Every frame is parsed and validated here. Requests the child can reply to alone
 //! (introspection, and every rejection) never reach the monitor; a valid Run becomes a
@@ -25,15 +25,25 @@ pub const FORBIDDEN_SYSCALL_FRAME: &[u8] =
 
 pub(super) struct Session {
     /// Random id the monitor gave this connection; request ids are derived from it.
-    pub session_id: u64,
+    session_id: u64,
     /// Requests read so far on this connection.
-    pub requests: u64,
-    pub client: OwnedFd,
+    requests: u64,
+    client: OwnedFd,
+    channel: OwnedFd,
+    audit: AuditSender,
+    commands: Vec<CommandSpec>,
+    settings: ChildSettings,
+    /// Receive buffer for monitor messages, reused for every reply.
+    buffer: Vec<u8>,
+}
+
+/// What a child keeps from one connection to the next: its channel, its audit sender,
+/// its start-up settings and the zeroed receive buffer. Nothing here depends on the
+/// client or on the commands of the policy.
+pub(super) struct Carried {
     pub channel: OwnedFd,
     pub audit: AuditSender,
-    pub commands: Vec<CommandSpec>,
     pub settings: ChildSettings,
-    /// Receive buffer for monitor messages, reused for every reply.
     pub buffer: Vec<u8>,
 }
 
@@ -44,6 +54,52 @@ enum Next {
 }
 
 impl Session {
+    /// Starts the state of one connection. Request numbers start again at zero and audit
+    /// events carry the new session id from here on.
+    pub fn new(
+        session_id: u64,
+        client: OwnedFd,
+        commands: Vec<CommandSpec>,
+        carried: Carried,
+    ) -> Session {
+        let Carried {
+            channel,
+            mut audit,
+            settings,
+            buffer,
+        } = carried;
+        audit.set_session(session_id);
+        Session {
+            session_id,
+            requests: 0,
+            client,
+            channel,
+            audit,
+            commands,
+            settings,
+            buffer,
+        }
+    }
+
+    /// Sends the sandbox status, and how many connections this child has served counting
+    /// this one, so that the log shows a reused child.
+    pub fn sandbox_event(&mut self, status: &str, connections_served: u32) {
+        self.audit.send(
+            Event {
+                session_id: 0,
+                kind: EventKind::Sandbox,
+                dropped: 0,
+                duration_us: 0,
+                method: String::new(),
+                command: String::new(),
+                outcome: "ok".to_string(),
+                detail: format!("{status}; connection {connections_served} of this child"),
+                request_id: String::new(),
+            },
+            PRIORITY_INFO,
+        );
+    }
+
     pub fn serve(&mut self) {
         let mut reader = FrameReader::new(self.settings.max_frame_bytes);
         for _ in 0..self.settings.max_requests {
@@ -63,10 +119,41 @@ impl Session {
         self.protocol_event("closed", "max_requests_per_connection reached");
     }
 
-    /// Tells the monitor the client is done. The connection closes when the process exits.
-    pub fn finish(&mut self) {
-        let dropped_events = self.audit.dropped();
-        let _ = self.send_to_monitor(&ChildMessage::Bye { dropped_events });
+    /// Closes the client connection and tells the monitor the client is done: `Ready`
+    /// when `serve_again` is set, so the monitor may send another Assign, `Bye`
+    /// otherwise. Returns what the next connection reuses, or `None` when this child
+    /// exits now.
+    pub fn finish(self, serve_again: bool) -> Option<Carried> {
+        let Session {
+            client,
+            channel,
+            mut audit,
+            settings,
+            mut buffer,
+            commands,
+            ..
+        } = self;
+        // The client sees end of file before the monitor can hand this child another
+        // connection, and nothing of this client or its commands stays reachable.
+        drop(client);
+        drop(commands);
+        buffer.fill(0);
+        let dropped_events = audit.take_dropped();
+        let message = if serve_again {
+            ChildMessage::Ready { dropped_events }
+        } else {
+            ChildMessage::Bye { dropped_events }
+        };
+        let sent = send_message(&channel, &message);
+        if !serve_again || sent.is_err() {
+            return None;
+        }
+        Some(Carried {
+            channel,
+            audit,
+            settings,
+            buffer,
+        })
     }
 
     fn handle_frame_error(&mut self, error: FrameError) {
@@ -272,21 +359,7 @@ impl Session {
     }
 
     fn send_to_monitor(&mut self, message: &ChildMessage) -> nix::Result<()> {
-        let bytes = channel::encode_child_message(message);
-        let iov = [std::io::IoSlice::new(&bytes)];
-        loop {
-            match nix::sys::socket::sendmsg::<()>(
-                self.channel.as_raw_fd(),
-                &iov,
-                &[],
-                MsgFlags::empty(),
-                None,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(nix::Error::EINTR) => continue,
-                Err(error) => return Err(error),
-            }
-        }
+        send_message(&self.channel, message)
     }
 
     fn receive_from_monitor(&mut self) -> Option<MonitorMessage> {
@@ -372,6 +445,25 @@ impl Session {
             },
             PRIORITY_WARN,
         );
+    }
+}
+
+/// Sends one message to the monitor, retrying when a signal interrupts the call.
+fn send_message(channel: &OwnedFd, message: &ChildMessage) -> nix::Result<()> {
+    let bytes = channel::encode_child_message(message);
+    let iov = [std::io::IoSlice::new(&bytes)];
+    loop {
+        match nix::sys::socket::sendmsg::<()>(
+            channel.as_raw_fd(),
+            &iov,
+            &[],
+            MsgFlags::empty(),
+            None,
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EINTR) => continue,
+            Err(error) => return Err(error),
+        }
     }
 }
 

@@ -593,3 +593,183 @@ fn serve_child_ends_session_over_max_requests() {
     // The count belongs to the session, so a new session of the same peer runs again.
     fixture.assert_still_serves();
 }
+
+/// Runs a reusable session for an allowed peer, lets `act` play the child, and returns
+/// the number of cached children once the session has ended. The cache is emptied
+/// afterwards, which reaps every child it held.
+fn cached_after(act: impl FnOnce(&harness::Session)) -> usize {
+    let fixture = Fixture::new();
+    let session = fixture.start_reusable_session(peer(ALLOWED_UID));
+    act(&session);
+    assert!(session.ended_within(WAIT_LIMIT), "the session did not end");
+    let cached = fixture.shared.children.len();
+    fixture.shared.children.stop();
+    cached
+}
+
+#[test]
+fn reuse_caches_child_after_clean_ready() {
+    // The positive control of the cases below.
+    let cached = cached_after(|session| {
+        session.send_message(&mark_exec("control"));
+        expect_exec_done(session.reply());
+        session.end_with_ready();
+    });
+    assert_eq!(cached, 1);
+}
+
+#[test]
+fn reuse_skips_child_that_sent_bye() {
+    assert_eq!(cached_after(|session| session.end_with_bye()), 0);
+}
+
+#[test]
+fn reuse_skips_child_with_malformed_message() {
+    let cached = cached_after(|session| {
+        // release_child reaps the killed child, so the test cannot wait for it itself.
+        session.send(&[0xff, 0, 0]);
+    });
+    assert_eq!(cached, 0);
+}
+
+#[test]
+fn reuse_skips_child_that_hung_up() {
+    assert_eq!(cached_after(|session| session.close_channel()), 0);
+}
+
+#[test]
+fn reuse_skips_child_over_exec_limit() {
+    let mut config = test_config();
+    config.max_requests_per_connection = 1;
+    let fixture = Fixture::with_config(config);
+    let session = fixture.start_reusable_session(peer(ALLOWED_UID));
+    session.send_message(&mark_exec("first"));
+    expect_exec_done(session.reply());
+    session.send_message(&mark_exec("second"));
+    assert!(session.ended_within(WAIT_LIMIT));
+    assert_eq!(fixture.shared.children.len(), 0);
+    fixture.shared.children.stop();
+}
+
+#[test]
+fn reuse_skips_child_noisy_after_ready() {
+    let fixture = Fixture::new();
+    let session = fixture.start_reusable_session(peer(ALLOWED_UID));
+    session.end_with_ready();
+    assert!(session.ended_within(WAIT_LIMIT));
+    assert_eq!(fixture.shared.children.len(), 1);
+    // A child that writes while cached is killed instead of getting a connection.
+    session.send_message(&mark_exec("while-cached"));
+    let mut recorded = peer(ALLOWED_UID);
+    recorded.exe = Some(std::path::PathBuf::from("/usr/bin/sleep"));
+    let identity = super::reuse::Identity::of(&recorded).unwrap();
+    assert!(fixture.shared.children.take(&identity).is_none());
+    assert_eq!(fixture.shared.children.len(), 0);
+    assert_eq!(fixture.markers(), Vec::<String>::new(), "a script ran");
+}
+
+#[test]
+fn reuse_never_hands_child_to_other_identity() {
+    let fixture = Fixture::new();
+    let session = fixture.start_reusable_session(peer(ALLOWED_UID));
+    session.end_with_ready();
+    assert!(session.ended_within(WAIT_LIMIT));
+    assert_eq!(fixture.shared.children.len(), 1);
+
+    let with_exe = |uid: u32, gid: u32, groups: Vec<u32>, exe: &str| Peer {
+        uid,
+        gid,
+        pid: 1,
+        groups,
+        exe: Some(std::path::PathBuf::from(exe)),
+    };
+    let others = [
+        with_exe(UNLISTED_UID, ALLOWED_UID, Vec::new(), "/usr/bin/sleep"),
+        with_exe(ALLOWED_UID, UNLISTED_UID, Vec::new(), "/usr/bin/sleep"),
+        with_exe(ALLOWED_UID, ALLOWED_UID, vec![4], "/usr/bin/sleep"),
+        with_exe(ALLOWED_UID, ALLOWED_UID, Vec::new(), "/usr/bin/php"),
+    ];
+    for other in &others {
+        let identity = super::reuse::Identity::of(other).unwrap();
+        assert!(
+            fixture.shared.children.take(&identity).is_none(),
+            "child handed to {other:?}"
+        );
+    }
+    let mut without_exe = peer(ALLOWED_UID);
+    without_exe.exe = None;
+    assert!(super::reuse::Identity::of(&without_exe).is_none());
+
+    // The same identity, with its groups in another order, gets the child.
+    let same = with_exe(ALLOWED_UID, ALLOWED_UID, Vec::new(), "/usr/bin/sleep");
+    let identity = super::reuse::Identity::of(&same).unwrap();
+    let reused = fixture.shared.children.take(&identity);
+    assert!(reused.is_some());
+    let mut reused = reused.unwrap();
+    assert!(reused.is_reused());
+    let _ = reused.child.process.kill();
+    let _ = reused.child.process.wait();
+    fixture.shared.children.stop();
+}
+
+#[test]
+fn reuse_identity_ignores_group_order() {
+    let mut first = peer(ALLOWED_UID);
+    first.exe = Some(std::path::PathBuf::from("/usr/bin/php"));
+    first.groups = vec![4, 27, 4];
+    let mut second = first.clone();
+    second.groups = vec![27, 4];
+    second.pid = 2;
+    assert_eq!(
+        super::reuse::Identity::of(&first),
+        super::reuse::Identity::of(&second)
+    );
+}
+
+#[test]
+fn reuse_skips_child_after_reload() {
+    let fixture = Fixture::new();
+    let session = fixture.start_reusable_session(peer(ALLOWED_UID));
+    session.send_message(&mark_exec("reload"));
+    expect_exec_done(session.reply());
+    // A reload while the child serves: the session took the child in the old
+    // generation, so the cache refuses it.
+    fixture.shared.children.invalidate();
+    session.end_with_ready();
+    assert!(session.ended_within(WAIT_LIMIT));
+    assert_eq!(fixture.shared.children.len(), 0);
+    fixture.shared.children.stop();
+}
+
+#[test]
+fn reuse_evicts_least_recently_cached() {
+    let mut config = test_config();
+    config.max_cached_children = 1;
+    let fixture = Fixture::with_config(config);
+    let first = fixture.start_reusable_session(peer(ALLOWED_UID));
+    first.end_with_ready();
+    assert!(first.ended_within(WAIT_LIMIT));
+    let second = fixture.start_reusable_session(peer(UNLISTED_UID));
+    second.end_with_ready();
+    assert!(second.ended_within(WAIT_LIMIT));
+    assert_eq!(fixture.shared.children.len(), 1);
+
+    let identity_of = |uid: u32| {
+        let mut recorded = peer(uid);
+        recorded.exe = Some(std::path::PathBuf::from("/usr/bin/sleep"));
+        super::reuse::Identity::of(&recorded).unwrap()
+    };
+    assert!(
+        fixture
+            .shared
+            .children
+            .take(&identity_of(ALLOWED_UID))
+            .is_none()
+    );
+    let kept = fixture.shared.children.take(&identity_of(UNLISTED_UID));
+    assert!(kept.is_some());
+    let mut kept = kept.unwrap();
+    let _ = kept.child.process.kill();
+    let _ = kept.child.process.wait();
+    fixture.shared.children.stop();
+}

@@ -8,6 +8,7 @@ mod listener;
 mod peer;
 mod pool;
 mod rate;
+mod reuse;
 mod runner;
 mod session;
 
@@ -81,6 +82,8 @@ pub(crate) struct Shared {
     capability_needs: policy::CapabilityNeeds,
     registry: Arc<SessionRegistry>,
     pool: Arc<pool::Pool>,
+    /// Children that served a connection and wait for another of the same identity.
+    children: Arc<reuse::ChildCache>,
     process_groups: runner::ProcessGroups,
     shutting_down: AtomicBool,
     active: Mutex<usize>,
@@ -175,7 +178,18 @@ impl Shared {
         }
     }
 
+    /// Reloads the policy and kills every cached parser child, whether or not the new
+    /// policy is accepted: a child may still hold command lists of the old policy.
     fn reload_policy(&self) {
+        self.load_policy();
+        let killed = self.children.invalidate();
+        tracing::info!(
+            killed,
+            "cached parser children killed after SIGHUP; children serving a connection exit              at its end"
+        );
+    }
+
+    fn load_policy(&self) {
         let dir = &self.config.policy_dir;
         match policy::load_dir(dir) {
             Ok(policy) if !self.capability_needs.covers(&policy.capability_needs()) => {
@@ -370,11 +384,17 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
         max_frame_bytes: config.max_frame_bytes,
         request_timeout: config.request_timeout,
         max_requests: config.max_requests_per_connection,
+        max_connections: if config.reuses_children() {
+            config.max_connections_per_child
+        } else {
+            1
+        },
         monitor_pid: std::process::id() as i32,
     };
     let spawner = pool::Spawner::new(settings, &queue.sender)?;
     let pool = Arc::new(pool::Pool::new(spawner, config.pool_size));
     let registry = Arc::new(SessionRegistry::default());
+    let children = Arc::new(reuse::ChildCache::new(&config));
 
     let command_names: Vec<String> = policy.commands.keys().cloned().collect();
     let shared = Arc::new(Shared {
@@ -383,6 +403,7 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
         capability_needs,
         registry: registry.clone(),
         pool: pool.clone(),
+        children: children.clone(),
         process_groups: runner::ProcessGroups::default(),
         shutting_down: AtomicBool::new(false),
         active: Mutex::new(0),
@@ -415,6 +436,16 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
                 source,
             })?
     };
+    let reaper = {
+        let children = children.clone();
+        std::thread::Builder::new()
+            .name("child-cache".to_string())
+            .spawn(move || children.run_reaper())
+            .map_err(|source| MonitorError::Thread {
+                name: "child-cache",
+                source,
+            })?
+    };
     let (wake_read, wake_write) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(MonitorError::Pipe)?;
     {
@@ -437,6 +468,9 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
         commands = ?command_names,
         unprivileged_user = %unprivileged.name,
         pool_size = config.pool_size,
+        max_connections_per_child = config.max_connections_per_child,
+        max_cached_children = config.max_cached_children,
+        cached_child_idle_ms = config.cached_child_idle.as_millis() as u64,
         max_connections = config.max_connections,
         request_timeout_ms = config.request_timeout.as_millis() as u64,
         max_frame_bytes = config.max_frame_bytes,
@@ -450,6 +484,8 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     accept_loop(&shared, &listener, &wake_read, &filter);
 
     shut_down(&shared, &listener);
+    children.stop();
+    let _ = reaper.join();
     pool.stop();
     let _ = refill.join();
     logger_stop.store(true, Ordering::Relaxed);

@@ -1,8 +1,9 @@
 //! The pool of pre-started parser children.
 //!
 //! Children are started ahead of connections, so that re-executing the binary and
-//! confining it stay off the request path. Each child serves one connection and exits;
-//! a refill thread keeps `pool_size` children waiting.
+//! confining it stay off the request path. A child taken from here serves one
+//! connection, and later connections of the same peer identity only through the cache
+//! in `reuse`; a refill thread keeps `pool_size` children waiting.
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -109,7 +110,7 @@ fn duplicate_high(fd: &OwnedFd) -> Result<OwnedFd, PoolError> {
 
 impl ParserChild {
     /// Returns whether the child is still running; reaps it when it is not.
-    fn is_alive(&mut self) -> bool {
+    pub(super) fn is_alive(&mut self) -> bool {
         matches!(self.process.try_wait(), Ok(None))
     }
 }
@@ -147,17 +148,14 @@ impl Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes a live idle child, or starts one at once when none is waiting. Children that
-    /// died while idle are reaped and skipped.
-    pub fn take(&self) -> Result<ParserChild, PoolError> {
+    /// Takes a live child from the idle queue without starting one. Children taken here
+    /// were started by the refill thread, which lives as long as the pool.
+    pub fn take_idle(&self) -> Option<ParserChild> {
         loop {
-            let taken = self.lock().pop_front();
+            let mut child = self.lock().pop_front()?;
             self.changed.notify_all();
-            let Some(mut child) = taken else {
-                return self.spawner.spawn();
-            };
             if child.is_alive() {
-                return Ok(child);
+                return Some(child);
             }
             log_idle_death(&child);
         }

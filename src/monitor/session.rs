@@ -1,5 +1,6 @@
 //! One client connection on the monitor's side: hand the connection to a parser child,
-//! then serve that child's Exec messages until it sends Bye or goes away.
+//! serve that child's Exec messages until it sends Bye or Ready or goes away, then cache
+//! the child for the same peer identity or make it exit.
 //!
 //! The child is treated as hostile. Its messages go through the bounded channel decoder,
 //! and every Exec is checked again against the current policy and against the peer
@@ -12,10 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{ControlMessage, MsgFlags};
+use nix::sys::socket::{ControlMessage, MsgFlags, Shutdown};
 
 use super::Shared;
 use super::pool::ParserChild;
+use super::reuse::{AssignedChild, Identity, NotCached};
 use super::runner::{self, RunRequest, RunResult};
 use crate::policy::{ArgValue, Peer, Policy};
 use crate::protocol::channel::{self, ChildMessage, MAX_MESSAGE_BYTES, MonitorMessage};
@@ -29,30 +31,118 @@ const CHILD_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// Most time an Exec waits for a free slot of its command before it gets Busy.
 const BUSY_WAIT: Duration = Duration::from_secs(2);
 
+/// How a session ended, which decides whether its child may serve again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum SessionEnd {
+    /// The child sent Ready: it closed the connection and waits for another Assign.
+    Ready,
+    /// The child sent Bye and exits.
+    Bye,
+    /// The child hung up, broke the protocol, stalled or was killed. It never serves
+    /// another connection.
+    Failed,
+}
+
 /// Serves one accepted connection to its end. Runs on its own thread.
 pub fn run(shared: &Arc<Shared>, connection: OwnedFd, peer: Peer) {
     let session_id = crate::sys::random_u64().unwrap_or_default();
     shared.registry.insert(session_id, peer.clone());
-    let Some(mut child) = assign(shared, connection, session_id, &peer) else {
+    let identity = if shared.config.reuses_children() {
+        Identity::of(&peer)
+    } else {
+        None
+    };
+    let Some(mut assigned) = assign(shared, connection, session_id, &peer, identity.as_ref())
+    else {
         shared.registry.end(session_id);
         return;
     };
-    let child_pid = child.process.id();
+    let child_pid = assigned.child.process.id();
+    log_assignment(&assigned, session_id, &peer);
     super::lock(&shared.session_children).insert(child_pid);
-    serve_child(shared, &mut child, &peer);
-    // Forget the pid before reaping, so shutdown never signals a reused pid.
+    let end = serve_child(shared, &mut assigned.child, &peer);
+    // Forget the pid before the child can be reaped, so shutdown never signals a reused
+    // pid. A cached child is killed by the cache instead.
     super::lock(&shared.session_children).remove(&child_pid);
-    reap(&mut child, &peer);
+    release_child(shared, assigned, end, identity, &peer);
     shared.registry.end(session_id);
 }
 
-/// Sends the connection, the peer identity and the peer's commands to an idle child.
+/// Logs which child serves a connection and whether it served this identity before.
+fn log_assignment(assigned: &AssignedChild, session_id: u64, peer: &Peer) {
+    let peer_exe = peer
+        .exe
+        .as_ref()
+        .map(|exe| exe.display().to_string())
+        .unwrap_or_default();
+    tracing::info!(
+        session = %format!("{session_id:016x}"),
+        child_pid = assigned.child.process.id(),
+        child = if assigned.is_reused() { "reused" } else { "fresh" },
+        child_connection = assigned.previous_connections.saturating_add(1),
+        peer_uid = peer.uid,
+        peer_gid = peer.gid,
+        peer_pid = peer.pid,
+        peer_exe = peer_exe.as_str(),
+        "connection assigned to parser child"
+    );
+}
+
+/// Caches the child of a session that ended with Ready, when its identity allows reuse
+/// and the cache accepts it. Every other child is made to exit and reaped.
+pub(super) fn release_child(
+    shared: &Arc<Shared>,
+    assigned: AssignedChild,
+    end: SessionEnd,
+    identity: Option<Identity>,
+    peer: &Peer,
+) {
+    let child_pid = assigned.child.process.id();
+    let connections_served = assigned.previous_connections.saturating_add(1);
+    let mut child = match (end, identity) {
+        (SessionEnd::Ready, Some(identity)) => match shared.children.put(identity, assigned) {
+            Ok(()) => {
+                tracing::debug!(
+                    child_pid,
+                    peer_uid = peer.uid,
+                    connections_served,
+                    cached_children = shared.children.len(),
+                    "parser child cached for the next connection of this peer identity"
+                );
+                return;
+            }
+            Err((mut child, reason)) => {
+                tracing::debug!(
+                    child_pid,
+                    peer_uid = peer.uid,
+                    connections_served,
+                    reason = reason.reason(),
+                    "parser child not cached"
+                );
+                if reason == NotCached::ChannelNotQuiet {
+                    let _ = child.process.kill();
+                }
+                child
+            }
+        },
+        _ => assigned.child,
+    };
+    if end == SessionEnd::Ready {
+        // The child waits for another Assign; end of file on its channel makes it exit.
+        let _ = nix::sys::socket::shutdown(child.channel.as_raw_fd(), Shutdown::Both);
+    }
+    reap(&mut child, peer);
+}
+
+/// Sends the connection, the peer identity and the peer's commands to a child: a cached
+/// child of the same identity when there is one, otherwise an idle child of the pool.
 fn assign(
     shared: &Arc<Shared>,
     connection: OwnedFd,
     session_id: u64,
     peer: &Peer,
-) -> Option<ParserChild> {
+    identity: Option<&Identity>,
+) -> Option<AssignedChild> {
     // The child reads and writes with poll and deadlines, so the connection must not
     // block. The flag belongs to the open file description the child receives.
     if let Err(error) = set_nonblocking(&connection) {
@@ -74,32 +164,48 @@ fn assign(
         );
         return None;
     }
+    if let Some(assigned) = identity.and_then(|identity| shared.children.take(identity)) {
+        match send_assignment(&assigned.child, &connection, &bytes) {
+            Ok(()) => return Some(assigned),
+            Err(error) => {
+                tracing::warn!(%error, child_pid = assigned.child.process.id(), "cached parser child gone; taking one from the pool");
+                let mut child = assigned.child;
+                let _ = child.process.kill();
+                let _ = child.process.wait();
+            }
+        }
+    }
     for attempt in 0..ASSIGN_ATTEMPTS {
+        // Read before the child is taken: a reload from here on makes the child too old
+        // to be cached after this connection.
+        let generation = shared.children.generation();
         // The last attempt starts a fresh child rather than trusting the idle queue.
-        let taken = if attempt + 1 == ASSIGN_ATTEMPTS {
-            shared.pool.spawn_now()
+        let queued = if attempt + 1 == ASSIGN_ATTEMPTS {
+            None
         } else {
-            shared.pool.take()
+            shared.pool.take_idle()
         };
-        let mut child = match taken {
+        let started_here = queued.is_none();
+        let available = match queued {
+            Some(child) => Ok(child),
+            None => shared.pool.spawn_now(),
+        };
+        let mut child = match available {
             Ok(child) => child,
             Err(error) => {
                 tracing::error!(%error, peer_uid = peer.uid, "no parser child available");
                 return None;
             }
         };
-        let fds: [RawFd; 1] = [connection.as_raw_fd()];
-        let rights = [ControlMessage::ScmRights(&fds)];
-        let iov = [std::io::IoSlice::new(&bytes)];
-        let sent = nix::sys::socket::sendmsg::<()>(
-            child.channel.as_raw_fd(),
-            &iov,
-            &rights,
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        );
-        match sent {
-            Ok(_) => return Some(child),
+        match send_assignment(&child, &connection, &bytes) {
+            Ok(()) => {
+                return Some(AssignedChild {
+                    child,
+                    previous_connections: 0,
+                    generation,
+                    started_by_session: started_here,
+                });
+            }
             Err(error) => {
                 tracing::warn!(%error, child_pid = child.process.id(), "idle parser child gone; trying another");
                 let _ = child.process.kill();
@@ -114,6 +220,21 @@ fn assign(
     None
 }
 
+/// Sends an encoded Assign with the connection attached as SCM_RIGHTS.
+fn send_assignment(child: &ParserChild, connection: &OwnedFd, bytes: &[u8]) -> nix::Result<()> {
+    let fds: [RawFd; 1] = [connection.as_raw_fd()];
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let iov = [std::io::IoSlice::new(bytes)];
+    nix::sys::socket::sendmsg::<()>(
+        child.channel.as_raw_fd(),
+        &iov,
+        &rights,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(|_| ())
+}
+
 fn set_nonblocking(connection: &OwnedFd) -> nix::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(connection, FcntlArg::F_GETFL)?);
@@ -121,9 +242,13 @@ fn set_nonblocking(connection: &OwnedFd) -> nix::Result<()> {
     Ok(())
 }
 
-/// Reads the child's messages and replies to each Exec, until Bye, end of file, a
-/// malformed message, the idle limit, or more Execs than the connection may carry.
-pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &Peer) {
+/// Reads the child's messages and replies to each Exec, until Bye or Ready, end of file,
+/// a malformed message, the idle limit, or more Execs than the connection may carry.
+pub(super) fn serve_child(
+    shared: &Arc<Shared>,
+    child: &mut ParserChild,
+    peer: &Peer,
+) -> SessionEnd {
     let mut buffer = vec![0u8; MAX_MESSAGE_BYTES];
     // A child waits at most request_timeout for each frame and each reply write; allow
     // both plus a margin before deciding it hangs.
@@ -133,10 +258,10 @@ pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &
     loop {
         let length = match receive(&child.channel, &mut buffer, idle_limit) {
             Ok(Some(length)) => length,
-            Ok(None) => return,
+            Ok(None) => return SessionEnd::Failed,
             Err(reason) => {
                 end_session(child, peer, reason);
-                return;
+                return SessionEnd::Failed;
             }
         };
         let message = match channel::decode_child_message(&buffer[..length]) {
@@ -144,7 +269,7 @@ pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &
             Err(error) => {
                 tracing::error!(peer_uid = peer.uid, peer_pid = peer.pid, child_pid = child.process.id(), %error, "malformed message from parser child; killing it");
                 let _ = child.process.kill();
-                return;
+                return SessionEnd::Failed;
             }
         };
         let (command, arguments, stdin) = match message {
@@ -155,15 +280,12 @@ pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &
             } => (command, arguments, stdin),
             ChildMessage::Bye { dropped_events } => {
                 // Nothing the child sends afterwards is read.
-                if dropped_events > 0 {
-                    tracing::warn!(
-                        peer_uid = peer.uid,
-                        peer_pid = peer.pid,
-                        dropped = dropped_events,
-                        "audit events dropped because the queue was full"
-                    );
-                }
-                return;
+                log_dropped_events(peer, dropped_events);
+                return SessionEnd::Bye;
+            }
+            ChildMessage::Ready { dropped_events } => {
+                log_dropped_events(peer, dropped_events);
+                return SessionEnd::Ready;
             }
         };
         // The child enforces max_requests_per_connection too; counting here keeps a
@@ -171,14 +293,14 @@ pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &
         execs += 1;
         if execs > max_execs {
             end_session(child, peer, "more Execs than max_requests_per_connection");
-            return;
+            return SessionEnd::Failed;
         }
         let (reply, channel_readable) =
             handle_exec(shared, peer, &child.channel, &command, &arguments, &stdin);
         let bytes = channel::encode_monitor_message(&reply);
         if let Err(reason) = send(&child.channel, &bytes, shared.config.request_timeout) {
             end_session(child, peer, reason);
-            return;
+            return SessionEnd::Failed;
         }
         if channel_readable {
             // An honest child waits for the result; one that sent something
@@ -188,8 +310,21 @@ pub(super) fn serve_child(shared: &Arc<Shared>, child: &mut ParserChild, peer: &
                 peer,
                 "parser child used the channel while a script ran",
             );
-            return;
+            return SessionEnd::Failed;
         }
+    }
+}
+
+/// Logs the audit events a child dropped because the queue was full, with the peer of
+/// the session that ends.
+fn log_dropped_events(peer: &Peer, dropped_events: u32) {
+    if dropped_events > 0 {
+        tracing::warn!(
+            peer_uid = peer.uid,
+            peer_pid = peer.pid,
+            dropped = dropped_events,
+            "audit events dropped because the queue was full"
+        );
     }
 }
 

@@ -43,6 +43,10 @@ pub enum ChildMessage {
     /// audit events the child dropped since its last event that reached the queue, so
     /// that drops at the end of a session are still counted.
     Bye { dropped_events: u32 },
+    /// The client is done, this child closed the connection and cleared its state, and
+    /// it waits for another Assign of the same peer identity instead of exiting. Carries
+    /// the dropped events as Bye does.
+    Ready { dropped_events: u32 },
 }
 
 /// Monitor to parser child.
@@ -88,6 +92,7 @@ const MAX_REQUEST_ID_BYTES: usize = MAX_NAME_BYTES;
 
 const TAG_EXEC: u8 = 1;
 const TAG_BYE: u8 = 2;
+const TAG_READY: u8 = 3;
 
 const TAG_ASSIGN: u8 = 1;
 const TAG_EXEC_DONE: u8 = 2;
@@ -164,6 +169,10 @@ pub fn encode_child_message(message: &ChildMessage) -> Vec<u8> {
             writer.u8(TAG_BYE);
             writer.u32(*dropped_events);
         }
+        ChildMessage::Ready { dropped_events } => {
+            writer.u8(TAG_READY);
+            writer.u32(*dropped_events);
+        }
     }
     writer.bytes
 }
@@ -203,6 +212,9 @@ pub fn decode_child_message(bytes: &[u8]) -> Result<ChildMessage, DecodeError> {
             }
         }
         TAG_BYE => ChildMessage::Bye {
+            dropped_events: reader.u32("dropped events")?,
+        },
+        TAG_READY => ChildMessage::Ready {
             dropped_events: reader.u32("dropped events")?,
         },
         tag => return Err(DecodeError::UnknownTag { field: "tag", tag }),
@@ -549,6 +561,7 @@ mod tests {
             ChildMessage::Bye {
                 dropped_events: u32::MAX,
             },
+            ChildMessage::Ready { dropped_events: 3 },
             exec(Vec::new()),
             exec(vec![
                 ("name".into(), ArgValue::Str("nginx".into())),
@@ -938,7 +951,8 @@ mod tests {
                 stdin,
             });
         let bye = any::<u32>().prop_map(|dropped_events| ChildMessage::Bye { dropped_events });
-        prop_oneof![bye, exec]
+        let ready = any::<u32>().prop_map(|dropped_events| ChildMessage::Ready { dropped_events });
+        prop_oneof![bye, ready, exec]
     }
 
     fn exec_outcome() -> impl Strategy<Value = ExecOutcome> {

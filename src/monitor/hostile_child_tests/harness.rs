@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use crate::audit::SessionRegistry;
 use crate::child::ChildSettings;
 use crate::config::Config;
-use crate::monitor::{Shared, lock, pool, runner, session};
+use crate::monitor::{Shared, lock, pool, reuse, runner, session};
 use crate::policy::{
     ArgKind, ArgSpec, ArgValue, Command, CommandSpec, Pattern, Peer, Policy, Rlimits, RunAs,
     Template, TemplatePart,
@@ -272,18 +272,21 @@ impl Fixture {
             max_frame_bytes: config.max_frame_bytes,
             request_timeout: config.request_timeout,
             max_requests: config.max_requests_per_connection,
+            max_connections: config.max_connections_per_child,
             monitor_pid: std::process::id() as i32,
         };
         let queue = OwnedFd::from(fs::File::open("/dev/null").unwrap());
         let spawner = pool::Spawner::new(settings, &queue).unwrap();
         let policy = build_policy(&script);
         let capability_needs = policy.capability_needs();
+        let children = Arc::new(reuse::ChildCache::new(&config));
         let shared = Arc::new(Shared {
             config,
             policy: RwLock::new(Arc::new(policy)),
             capability_needs,
             registry: Arc::new(SessionRegistry::default()),
             pool: Arc::new(pool::Pool::new(spawner, 0)),
+            children,
             process_groups: runner::ProcessGroups::default(),
             shutting_down: AtomicBool::new(false),
             active: Mutex::new(0),
@@ -318,6 +321,19 @@ impl Fixture {
     /// Starts a stand-in child and runs `session::serve_child` for `peer` on a thread,
     /// with the monitor's end of a new channel. The test gets the child's end.
     pub(super) fn start_session(&self, peer: Peer) -> Session {
+        self.start_session_with(peer, false)
+    }
+
+    /// Like [`Fixture::start_session`], but after `serve_child` the thread hands the
+    /// child to `session::release_child`, as `session::run` does, which may put it in
+    /// the cache of reusable children. The peer gets an executable so that it has an
+    /// identity that reuse accepts.
+    pub(super) fn start_reusable_session(&self, mut peer: Peer) -> Session {
+        peer.exe = Some(PathBuf::from(STAND_IN_PROGRAM));
+        self.start_session_with(peer, true)
+    }
+
+    fn start_session_with(&self, peer: Peer, release: bool) -> Session {
         let (monitor_end, child_end) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -340,14 +356,27 @@ impl Fixture {
 
         let (done, ended) = mpsc::channel::<()>();
         let shared = self.shared.clone();
+        let generation = shared.children.generation();
         let thread = std::thread::spawn(move || {
-            session::serve_child(&shared, &mut child, &peer);
+            let end = session::serve_child(&shared, &mut child, &peer);
+            if release {
+                let assigned = reuse::AssignedChild {
+                    child,
+                    previous_connections: 0,
+                    generation,
+                    started_by_session: false,
+                };
+                let identity = reuse::Identity::of(&peer);
+                session::release_child(&shared, assigned, end, identity, &peer);
+                drop(done);
+                return None;
+            }
             let pool::ParserChild { process, channel } = child;
             // session::run closes the monitor's end when it drops the child. The test
             // reads end of file only once that has happened, so it comes before `done`.
             drop(channel);
             drop(done);
-            process
+            Some(process)
         });
         Session {
             channel: child_end,
@@ -407,8 +436,9 @@ pub(super) struct Session {
     stand_in: Pid,
     /// Disconnected once `serve_child` has returned and the monitor's end is closed.
     ended: mpsc::Receiver<()>,
-    /// Thread that runs `serve_child` and then returns the stand-in process.
-    thread: Option<JoinHandle<Process>>,
+    /// Thread that runs `serve_child` and then returns the stand-in process, or `None`
+    /// when `release_child` took it.
+    thread: Option<JoinHandle<Option<Process>>>,
 }
 
 impl Session {
@@ -485,6 +515,12 @@ impl Session {
         )
     }
 
+    /// Sends Ready, as an honest child that may serve again does at the end of its
+    /// session.
+    pub(super) fn end_with_ready(&self) {
+        self.send_message(&ChildMessage::Ready { dropped_events: 0 });
+    }
+
     /// Sends Bye, as an honest child does at the end of its session.
     pub(super) fn end_with_bye(&self) {
         self.send_message(&ChildMessage::Bye { dropped_events: 0 });
@@ -509,7 +545,7 @@ impl Drop for Session {
         let _ = nix::sys::signal::kill(self.stand_in, Signal::SIGKILL);
         if ended
             && let Some(thread) = self.thread.take()
-            && let Ok(mut process) = thread.join()
+            && let Ok(Some(mut process)) = thread.join()
         {
             let _ = process.wait();
         }
