@@ -22,8 +22,9 @@ use serde_json::{Value, json};
 
 use common::{Broker, Fixture, VarlinkConnection, error_name, parameters};
 
-/// Clients sending at once. Below max_connections_per_uid (32 with max_connections=64),
-/// because every client connects as root.
+/// Clients sending at once, every one as root. Well below max_connections_per_uid: a
+/// client reconnects as soon as it has its replies, while the monitor may still hold the
+/// slot of its previous connection until that session has ended.
 const CLIENTS: usize = 16;
 /// Connections each client opens, one after another.
 const CONNECTIONS_PER_CLIENT: usize = 5;
@@ -52,7 +53,8 @@ const UNKNOWN_COMMAND: &str = "org.securesocket.Broker.UnknownCommand";
 fn start_broker(fixture: &Fixture) -> Broker {
     let params = [
         ("log_format", "json"),
-        ("max_connections", "64"),
+        ("max_connections", "128"),
+        ("max_connections_per_uid", "128"),
         ("pool_size", "4"),
     ];
     Broker::start_with_command(fixture, &params, &[], |command| {
