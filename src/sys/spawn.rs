@@ -268,7 +268,7 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Process, SpawnError> {
         }
     }
 
-    let stack = match CACHED_STACK.take() {
+    let stack = match Stack::take_free() {
         Some(stack) => stack,
         None => Stack::map().map_err(SpawnError::Stack)?,
     };
@@ -309,9 +309,7 @@ pub fn spawn(plan: &Plan<'_>) -> Result<Process, SpawnError> {
     let clone_error = io::Error::last_os_error();
     // SAFETY: `previous` is the mask saved above; this restores it for this thread.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut()) };
-    // Kept for this thread's next start: unmapping a stack after every start would cost
-    // a TLB flush on every CPU that runs a thread of the monitor.
-    CACHED_STACK.set(Some(stack));
+    stack.release();
     drop(moved);
 
     if pid == -1 {
@@ -371,10 +369,13 @@ fn empty_signal_set() -> libc::sigset_t {
     set
 }
 
-thread_local! {
-    /// The stack of this thread's last child, which has exec'd or exited.
-    static CACHED_STACK: std::cell::Cell<Option<Stack>> = const { std::cell::Cell::new(None) };
-}
+/// Most stacks kept for later starts. Unmapping a stack after every start costs a TLB
+/// flush on every CPU that runs a monitor thread, and a stack per session thread would
+/// cost memory with hundreds of connections. A few cover the starts that run at once.
+const FREE_STACKS_MAX: usize = 8;
+
+/// Stacks of children that have exec'd or exited, for the next starts.
+static FREE_STACKS: std::sync::Mutex<Vec<Stack>> = std::sync::Mutex::new(Vec::new());
 
 /// The child's stack: an anonymous mapping with a guard page at its low end, so that an
 /// overflow faults instead of writing over the monitor's memory.
@@ -383,7 +384,25 @@ struct Stack {
     length: usize,
 }
 
+// SAFETY: a Stack owns its mapping alone; it is used by one child at a time and moves
+// between threads only through FREE_STACKS.
+unsafe impl Send for Stack {}
+
 impl Stack {
+    /// Takes a stack kept by [`Stack::release`], if there is one.
+    fn take_free() -> Option<Stack> {
+        FREE_STACKS.lock().ok()?.pop()
+    }
+
+    /// Keeps the stack for a later start, or unmaps it when enough are kept.
+    fn release(self) {
+        if let Ok(mut free) = FREE_STACKS.lock()
+            && free.len() < FREE_STACKS_MAX
+        {
+            free.push(self);
+        }
+    }
+
     fn map() -> io::Result<Stack> {
         let length = STACK_SIZE + PAGE_SIZE;
         // SAFETY: a new private anonymous mapping at an address the kernel picks.
