@@ -498,6 +498,112 @@ impl Config {
         Ok(())
     }
 
+    /// Returns every parameter as `key=value` in the spelling `--help` documents, for the
+    /// start-up banner. Unset optional values are left out; the values hold no secret.
+    pub fn effective_parameters(&self) -> String {
+        let entries: Vec<(&str, Option<String>)> = vec![
+            ("socket_path", Some(self.socket_path.display().to_string())),
+            ("policy_dir", Some(self.policy_dir.display().to_string())),
+            ("unprivileged_user", Some(self.unprivileged_user.clone())),
+            (
+                "log_destination",
+                Some(
+                    match self.log_destination {
+                        LogDestination::Stderr => "stderr",
+                        LogDestination::File => "file",
+                        LogDestination::Journald => "journald",
+                        LogDestination::Syslog => "syslog",
+                    }
+                    .to_string(),
+                ),
+            ),
+            (
+                "log_file",
+                self.log_file
+                    .as_ref()
+                    .map(|path| path.display().to_string()),
+            ),
+            (
+                "syslog_socket",
+                (self.log_destination == LogDestination::Syslog)
+                    .then(|| self.syslog_socket.display().to_string()),
+            ),
+            ("verbosity", Some(self.verbosity.to_string().to_lowercase())),
+            (
+                "log_format",
+                Some(
+                    match self.log_format {
+                        LogFormat::Text => "text",
+                        LogFormat::Json => "json",
+                    }
+                    .to_string(),
+                ),
+            ),
+            ("mq_name", Some(self.mq_name.clone())),
+            ("max_connections", Some(self.max_connections.to_string())),
+            (
+                "max_connections_per_uid",
+                Some(self.connections_per_uid().to_string()),
+            ),
+            (
+                "socket_permissions",
+                Some(format!("{:04o}", self.socket_permissions)),
+            ),
+            (
+                "authorised_peer_username",
+                self.authorised_peer_username.clone(),
+            ),
+            (
+                "authorised_peer_uid",
+                self.authorised_peer_uid.map(|uid| uid.to_string()),
+            ),
+            (
+                "authorised_peer_gid",
+                self.authorised_peer_gid.map(|gid| gid.to_string()),
+            ),
+            (
+                "authorised_peer_pid",
+                self.authorised_peer_pid.map(|pid| pid.to_string()),
+            ),
+            (
+                "authorised_peer_process_name",
+                self.authorised_peer_process_name.clone(),
+            ),
+            ("pool_size", Some(self.pool_size.to_string())),
+            (
+                "request_timeout_ms",
+                Some(self.request_timeout.as_millis().to_string()),
+            ),
+            ("max_frame_bytes", Some(self.max_frame_bytes.to_string())),
+            (
+                "max_requests_per_connection",
+                Some(self.max_requests_per_connection.to_string()),
+            ),
+            (
+                "max_connections_per_child",
+                Some(self.max_connections_per_child.to_string()),
+            ),
+            (
+                "max_cached_children",
+                Some(self.max_cached_children.to_string()),
+            ),
+            (
+                "cached_child_idle_ms",
+                Some(self.cached_child_idle.as_millis().to_string()),
+            ),
+            (
+                "shutdown_grace_ms",
+                Some(self.shutdown_grace.as_millis().to_string()),
+            ),
+            ("sandbox", Some(self.sandbox.to_string())),
+        ];
+        entries
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| format!("{key}={value}")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Returns whether a parser child may serve more than one connection.
     pub fn reuses_children(&self) -> bool {
         self.max_connections_per_child > 1 && self.max_cached_children > 0
@@ -734,6 +840,31 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         Config::from_args(args.iter().copied())
+    }
+
+    #[test]
+    fn effective_parameters_use_documented_spelling() {
+        let config = parse(&["sandbox=best-effort", "log_format=json"]).unwrap();
+        let text = config.effective_parameters();
+        let entries: Vec<&str> = text.split(' ').collect();
+        assert!(entries.contains(&"sandbox=best-effort"), "{text}");
+        assert!(entries.contains(&"log_format=json"), "{text}");
+        assert!(entries.contains(&"log_destination=stderr"), "{text}");
+        assert!(entries.contains(&"max_connections_per_uid=32"), "{text}");
+        assert!(entries.contains(&"socket_permissions=0660"), "{text}");
+    }
+
+    #[test]
+    fn effective_parameters_name_every_set_parameter() {
+        let config = parse(&["authorised_peer_uid=33", "shutdown_grace_ms=1500"]).unwrap();
+        let text = config.effective_parameters();
+        let keys: Vec<&str> = text
+            .split(' ')
+            .filter_map(|entry| entry.split_once('=').map(|(key, _)| key))
+            .collect();
+        assert!(keys.contains(&"authorised_peer_uid"), "{text}");
+        assert!(keys.contains(&"shutdown_grace_ms"), "{text}");
+        assert!(!keys.contains(&"authorised_peer_gid"), "{text}");
     }
 
     #[test]

@@ -460,23 +460,20 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     }
 
     let config = &shared.config;
+    // The socket fields describe the socket in use: one passed by the service manager
+    // has the owner and mode the manager gave it, whatever the parameters say.
+    let socket_origin = if listener.file.is_some() {
+        "created"
+    } else {
+        "passed by the service manager"
+    };
     tracing::info!(
-        socket_path = %config.socket_path.display(),
-        socket_permissions = format!("{:04o}", config.socket_permissions),
-        socket_gid,
-        policy_dir = %config.policy_dir.display(),
-        commands = ?command_names,
-        unprivileged_user = %unprivileged.name,
-        pool_size = config.pool_size,
-        max_connections_per_child = config.max_connections_per_child,
-        max_cached_children = config.max_cached_children,
-        cached_child_idle_ms = config.cached_child_idle.as_millis() as u64,
-        max_connections = config.max_connections,
-        request_timeout_ms = config.request_timeout.as_millis() as u64,
-        max_frame_bytes = config.max_frame_bytes,
-        sandbox = ?config.sandbox,
-        log_destination = ?config.log_destination,
+        socket_path = %listener.path.display(),
+        socket = socket_origin,
+        socket_gid = listener.file.as_ref().map(|_| socket_gid),
+        commands = %command_names.join(","),
         version = env!("CARGO_PKG_VERSION"),
+        parameters = config.effective_parameters().as_str(),
         "broker started"
     );
 
