@@ -32,7 +32,7 @@ usage: secure_socket call [--socket PATH] [--json] COMMAND [name=value | name:=J
   name=value   sends the argument as a string
   name:=JSON   sends a JSON value, for example count:=5 or force:=true
   --socket     broker socket (default: $SECURE_SOCKET_PATH or /run/secure_socket/broker.sock)
-  --json       print the whole reply as JSON
+  --json       print the whole reply as JSON (list and describe print text otherwise)
 
 call prints the script's stdout and stderr and exits with its exit code;
 124 when it timed out, 128+N when signal N killed it, 65 when the broker
@@ -174,10 +174,11 @@ pub fn main(subcommand: &str, args: &[String]) -> ExitCode {
     let parameters = reply.get("parameters").cloned().unwrap_or(Value::Null);
     if subcommand != "call" {
         if !options.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&parameters).unwrap_or_default()
-            );
+            let text = match subcommand {
+                "list" => format_list(&parameters),
+                _ => format_command(&parameters["command"]),
+            };
+            print!("{text}");
         }
         return ExitCode::SUCCESS;
     }
@@ -190,6 +191,93 @@ pub fn main(subcommand: &str, args: &[String]) -> ExitCode {
         }
     }
     exit_status(&parameters)
+}
+
+/// Formats a List reply as one line per command: name, then description.
+fn format_list(parameters: &Value) -> String {
+    let commands = parameters["commands"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let width = commands
+        .iter()
+        .filter_map(|command| command["name"].as_str())
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    let mut text = String::new();
+    for command in &commands {
+        let name = command["name"].as_str().unwrap_or_default();
+        let description = command["description"].as_str().unwrap_or_default();
+        text.push_str(&format!("{name:<width$}  {description}\n"));
+    }
+    text
+}
+
+/// Formats a Describe reply: the command, its limits, then one line per argument with
+/// its type and rules.
+fn format_command(command: &Value) -> String {
+    let text_of = |value: &Value| match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let mut text = format!(
+        "{}: {}\n",
+        text_of(&command["name"]),
+        text_of(&command["description"])
+    );
+    for key in [
+        "timeout_ms",
+        "capture_output",
+        "output_limit",
+        "stdin_limit",
+        "max_concurrent",
+        "rate_limit_requests",
+        "rate_limit_seconds",
+    ] {
+        if !command[key].is_null() {
+            text.push_str(&format!("  {key}: {}\n", text_of(&command[key])));
+        }
+    }
+    let arguments = command["arguments"].as_array().cloned().unwrap_or_default();
+    if !arguments.is_empty() {
+        text.push_str("  arguments:\n");
+    }
+    for argument in &arguments {
+        let mut line = format!(
+            "    {} ({}, {})",
+            text_of(&argument["name"]),
+            text_of(&argument["kind"]),
+            if argument["required"] == Value::Bool(true) {
+                "required"
+            } else {
+                "optional"
+            }
+        );
+        for key in [
+            "max_length",
+            "pattern",
+            "charset",
+            "min",
+            "max",
+            "values",
+            "prefixes",
+        ] {
+            if !argument[key].is_null() {
+                line.push_str(&format!(" {key}={}", argument[key]));
+            }
+        }
+        if argument["sensitive"] == Value::Bool(true) {
+            line.push_str(" sensitive");
+        }
+        let description = text_of(&argument["description"]);
+        if !description.is_empty() {
+            line.push_str(&format!(": {description}"));
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
 }
 
 fn exit_status(parameters: &Value) -> ExitCode {
@@ -229,6 +317,35 @@ mod tests {
     fn call_arguments_string_value_containing_json_marker() {
         let arguments = parse_call_arguments(&strings(&["text=a:=5"])).unwrap();
         assert_eq!(arguments["text"], json!("a:=5"));
+    }
+
+    #[test]
+    fn list_text_has_one_line_per_command() {
+        let reply = json!({ "commands": [
+            { "name": "restart", "description": "Restart a service" },
+            { "name": "renew-certificate", "description": "Renew" },
+        ]});
+        let text = format_list(&reply);
+        assert_eq!(text.lines().count(), 2);
+        assert_eq!(
+            text.lines().next(),
+            Some("restart            Restart a service")
+        );
+    }
+
+    #[test]
+    fn describe_text_names_argument_rules() {
+        let command = json!({
+            "name": "restart", "description": "Restart a service", "timeout_ms": 5000,
+            "arguments": [{ "name": "service", "kind": "enum", "required": true,
+                "sensitive": false, "description": "", "values": ["nginx"] }],
+        });
+        let text = format_command(&command);
+        assert!(text.contains("  timeout_ms: 5000\n"), "{text}");
+        assert!(
+            text.contains("    service (enum, required) values=[\"nginx\"]\n"),
+            "{text}"
+        );
     }
 
     #[test]
