@@ -269,7 +269,7 @@ fn load_every_accepted_run_once() {
     let log = fixture.log();
     let logged_runs = log
         .lines()
-        .filter(|line| line.contains("request ran") && line.contains("command=append"))
+        .filter(|line| line.contains("request ran") && line.contains("command=\"append\""))
         .count();
 
     println!(
