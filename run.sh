@@ -20,6 +20,9 @@ for default in \
     'request_timeout_ms=10000' \
     'max_frame_bytes=65536' \
     'max_requests_per_connection=100' \
+    'max_connections_per_child=32' \
+    'max_cached_children=16' \
+    'cached_child_idle_ms=10000' \
     'shutdown_grace_ms=5000' \
     'sandbox=strict'; do
     case $overrides in
