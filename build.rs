@@ -1,4 +1,4 @@
-//! Build script: asks the linker to pack relative relocations (DT_RELR) in the executables.
+//! Build script: makes the linker pack relative relocations (DT_RELR) in the executables.
 //!
 //! A position-independent executable carries one relocation record for every pointer in
 //! its read-only data, and the dynamic loader reads all of them in every new process. As

@@ -384,8 +384,8 @@ pub fn run_logger(
     }
 }
 
-/// Returns `text` as it is when it holds only ASCII letters, digits and `-` (as request
-/// ids that the child generates do), and quoted and escaped otherwise, so that a
+/// Returns `text` unchanged when it contains only ASCII letters, digits and `-`, as the
+/// request ids that the child generates do, and quoted and escaped otherwise. So a
 /// compromised child cannot add fields to a text log line through its request id.
 fn plain_or_quoted(text: &str) -> String {
     if text

@@ -80,11 +80,11 @@ impl Default for Config {
             max_requests_per_connection: 100,
             // Reuse saves re-executing and confining a child (about 2 ms of CPU) on all
             // but one of these connections, so 32 keeps that cost under 0.1 ms per
-            // connection. A compromised child sees at most 31 later connections of its
-            // own identity; a larger value saves almost nothing more.
+            // connection. A compromised child receives at most 31 later connections of
+            // its own identity. A larger value saves almost nothing more.
             max_connections_per_child: 32,
             // Enough for one cached child per concurrent client of a busy web server,
-            // whose workers are one identity; each idle child costs about 1 to 3 MiB.
+            // whose workers are one identity. Each idle child costs about 1 to 3 MiB.
             max_cached_children: 16,
             // Long enough to bridge the pauses between calls of a lightly loaded web
             // server, short enough that an idle child of a client that went away does

@@ -73,6 +73,18 @@ fn connect_served(broker: &Broker) -> VarlinkConnection {
     }
 }
 
+/// Starts a broker on `fixture` that serves 8 connections, at most 2 of them per uid.
+fn start_with_uid_limit_two(fixture: &Fixture) -> Broker {
+    Broker::start(
+        fixture,
+        &[
+            ("max_connections", "8"),
+            ("max_connections_per_uid", "2"),
+            ("request_timeout_ms", "60000"),
+        ],
+    )
+}
+
 #[test]
 fn client_past_max_connections_waits_in_backlog() {
     let fixture = policy_fixture();
@@ -131,14 +143,7 @@ fn client_past_max_connections_waits_in_backlog() {
 #[test]
 fn uid_over_its_limit_gets_busy() {
     let fixture = policy_fixture();
-    let broker = Broker::start(
-        &fixture,
-        &[
-            ("max_connections", "8"),
-            ("max_connections_per_uid", "2"),
-            ("request_timeout_ms", "60000"),
-        ],
-    );
+    let broker = start_with_uid_limit_two(&fixture);
     let first = connect_served(&broker);
     let _second = connect_served(&broker);
 
@@ -200,22 +205,15 @@ fn uid_over_its_limit_gets_busy() {
 
 #[test]
 fn cli_over_uid_limit_reports_busy() {
-    // The broker answers Busy and closes without reading the request, so the client's
-    // send can fail while the reply is already waiting; the client must still report it.
+    // The broker replies Busy and closes without reading the request, so the client's
+    // send can fail while the reply is already waiting. The client must still report it.
     const ROOT: User = User {
         name: "root",
         uid: 0,
         gid: 0,
     };
     let fixture = policy_fixture();
-    let broker = Broker::start(
-        &fixture,
-        &[
-            ("max_connections", "8"),
-            ("max_connections_per_uid", "2"),
-            ("request_timeout_ms", "60000"),
-        ],
-    );
+    let broker = start_with_uid_limit_two(&fixture);
     let _first = connect_served(&broker);
     let _second = connect_served(&broker);
 

@@ -37,7 +37,7 @@ pub(super) struct Session {
     buffer: Vec<u8>,
 }
 
-/// What a child keeps from one connection to the next: its channel, its audit sender,
+/// State a child keeps from one connection to the next: its channel, its audit sender,
 /// its start-up settings and the zeroed receive buffer. Nothing here depends on the
 /// client or on the commands of the policy.
 pub(super) struct Carried {
@@ -119,9 +119,8 @@ impl Session {
         self.protocol_event("closed", "max_requests_per_connection reached");
     }
 
-    /// Closes the client connection and tells the monitor the client is done: `Ready`
-    /// when `serve_again` is set, so the monitor may send another Assign, `Bye`
-    /// otherwise. Returns what the next connection reuses, or `None` when this child
+    /// Closes the client connection and sends the monitor `Ready` when `serve_again` is
+    /// set, so the monitor may send another Assign, or `Bye` otherwise. Returns what the next connection reuses, or `None` when this child
     /// exits now.
     pub fn finish(self, serve_again: bool) -> Option<Carried> {
         let Session {

@@ -460,8 +460,8 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     }
 
     let config = &shared.config;
-    // The socket fields describe the socket in use: one passed by the service manager
-    // has the owner and mode the manager gave it, whatever the parameters say.
+    // The socket fields describe the socket in use. A socket passed by the service
+    // manager has the owner and mode the manager gave it, not those of the parameters.
     let socket_origin = if listener.file.is_some() {
         "created"
     } else {

@@ -2,8 +2,8 @@
 //!
 //! Children are started ahead of connections, so that re-executing the binary and
 //! confining it stay off the request path. A child taken from here serves one
-//! connection, and later connections of the same peer identity only through the cache
-//! in `reuse`; a refill thread keeps `pool_size` children waiting.
+//! connection. It serves later connections of the same peer identity only through the
+//! cache in `reuse`. A refill thread keeps `pool_size` children waiting.
 
 use std::collections::VecDeque;
 use std::ffi::CString;

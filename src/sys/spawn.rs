@@ -10,10 +10,9 @@
 //!
 //! The price is that the child must not touch memory other threads use. The code
 //! between clone and exec therefore makes raw system calls only: no allocation, no
-//! locks, no glibc wrapper that keeps state. In particular glibc's setresuid, setresgid
-//! and setgroups would signal every thread of the process to change its credentials
-//! too, and the monitor's threads share this memory; the raw calls change only the
-//! child. Every input of the child is prepared before clone and only read after it.
+//! locks, no glibc wrapper that keeps state. glibc's setresuid, setresgid and
+//! setgroups signal every thread of the process to change its credentials too, and the
+//! child shares the monitor's thread list. The raw calls change only the child. Every input of the child is prepared before clone and only read after it.
 //!
 //! Input comes from the monitor itself (the policy and the validated request), never
 //! directly from a client.

@@ -316,7 +316,7 @@ fn plan_directory_is_used() {
 /// pseudo-terminal as its controlling terminal. Returns what the script printed.
 fn terminal_of_script(new_process_group: bool) -> String {
     let output = Output::new();
-    // SAFETY: the forked child only runs the code below and ends with _exit; glibc's fork
+    // SAFETY: the forked child only runs the code below and ends with _exit. glibc's fork
     // resets the allocator's locks in the child, so the allocation in `spawn` is safe.
     match unsafe { nix::unistd::fork() }.unwrap() {
         nix::unistd::ForkResult::Child => {
