@@ -24,7 +24,7 @@ use crate::policy::{ArgKind, ArgSpec, ArgValue, CommandSpec};
 use crate::protocol::channel::{
     ExecOutcome, MAX_ARGUMENTS, MAX_NAME_BYTES, MAX_STDIN_BYTES, MAX_VALUE_BYTES,
 };
-use crate::protocol::{BrokerError, ErrorKind};
+use crate::protocol::{BrokerError, ErrorKind, base64};
 
 /// Name of the broker's own interface.
 pub const BROKER_INTERFACE: &str = "org.securesocket.Broker";
@@ -124,8 +124,11 @@ type CommandInfo (
 # Runs a command and returns how it ended. arguments maps argument names to strings,
 # integers or booleans. Called with oneway, the command still runs but no reply is sent.
 # exit_code is set when the command exited and signal when a signal killed it.
-# stdout and stderr are null unless the command captures output. Bytes that are not
-# UTF-8 are replaced by U+FFFD, and the truncated flags say that output was cut at
+# stdout and stderr are null unless the command captures output. They are text, in
+# which bytes that are not UTF-8 are replaced by U+FFFD. Only for such output the reply
+# also carries stdout_base64 or stderr_base64: the exact bytes in base64 (RFC 4648
+# alphabet, with padding). Output cut at output_limit can end inside a UTF-8 character,
+# which also adds the base64 field. The truncated flags say that output was cut at
 # output_limit.
 method Run(command: string, arguments: ?object, stdin: ?string) -> (
   request_id: string,
@@ -135,6 +138,8 @@ method Run(command: string, arguments: ?object, stdin: ?string) -> (
   duration_ms: int,
   stdout: ?string,
   stderr: ?string,
+  stdout_base64: ?string,
+  stderr_base64: ?string,
   stdout_truncated: bool,
   stderr_truncated: bool
 )
@@ -801,24 +806,39 @@ fn argument_info(argument: &ArgSpec) -> Value {
     Value::Object(info)
 }
 
-/// Builds the reply parameters of Run. Output bytes that are not UTF-8 become U+FFFD.
+/// Builds the reply parameters of Run. `stdout` and `stderr` carry the output as text, in
+/// which bytes that are not UTF-8 become U+FFFD. For such output the reply also carries
+/// the exact bytes in base64, as `stdout_base64` or `stderr_base64`.
 pub fn run_reply(outcome: &ExecOutcome) -> Value {
-    let text = |bytes: &Option<Vec<u8>>| {
-        bytes
-            .as_deref()
-            .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+    let mut reply = Map::new();
+    reply.insert("request_id".into(), json!(outcome.request_id));
+    reply.insert("exit_code".into(), json!(outcome.exit_code));
+    reply.insert("signal".into(), json!(outcome.signal));
+    reply.insert("timed_out".into(), json!(outcome.timed_out));
+    reply.insert("duration_ms".into(), json!(outcome.duration_us / 1000));
+    insert_output(&mut reply, "stdout", outcome.stdout.as_deref());
+    insert_output(&mut reply, "stderr", outcome.stderr.as_deref());
+    reply.insert("stdout_truncated".into(), json!(outcome.stdout_truncated));
+    reply.insert("stderr_truncated".into(), json!(outcome.stderr_truncated));
+    Value::Object(reply)
+}
+
+/// Inserts one output stream as the field `stream`, and as `<stream>_base64` as well when
+/// the bytes are not valid UTF-8. Output that was not captured is null.
+fn insert_output(reply: &mut Map<String, Value>, stream: &str, bytes: Option<&[u8]>) {
+    let Some(bytes) = bytes else {
+        reply.insert(stream.into(), Value::Null);
+        return;
     };
-    json!({
-        "request_id": outcome.request_id,
-        "exit_code": outcome.exit_code,
-        "signal": outcome.signal,
-        "timed_out": outcome.timed_out,
-        "duration_ms": outcome.duration_us / 1000,
-        "stdout": text(&outcome.stdout),
-        "stderr": text(&outcome.stderr),
-        "stdout_truncated": outcome.stdout_truncated,
-        "stderr_truncated": outcome.stderr_truncated,
-    })
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            reply.insert(stream.into(), json!(text));
+        }
+        Err(_) => {
+            reply.insert(stream.into(), json!(String::from_utf8_lossy(bytes)));
+            reply.insert(format!("{stream}_base64"), json!(base64::encode(bytes)));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1468,11 +1488,26 @@ mod tests {
             "timed_out": false,
             "duration_ms": 12,
             "stdout": "ok\u{fffd}",
+            "stdout_base64": "b2v/",
             "stderr": null,
             "stdout_truncated": true,
             "stderr_truncated": false,
         });
         assert_eq!(run_reply(&outcome), expected);
+    }
+
+    #[test]
+    fn run_reply_sends_base64_only_for_invalid_utf8() {
+        let outcome = ExecOutcome {
+            stdout: Some("caf\u{e9}\n".as_bytes().to_vec()),
+            stderr: Some(b"\xc3".to_vec()),
+            ..ExecOutcome::default()
+        };
+        let reply = run_reply(&outcome);
+        assert_eq!(reply["stdout"], json!("caf\u{e9}\n"));
+        assert_eq!(reply.get("stdout_base64"), None);
+        assert_eq!(reply["stderr"], json!("\u{fffd}"));
+        assert_eq!(reply["stderr_base64"], json!("ww=="));
     }
 
     proptest! {
