@@ -1,368 +1,361 @@
 //! The command-line client: `call`, `list` and `describe` over the varlink protocol.
 //!
-//! Runs as any user. Trusts nothing but the socket path it is given; replies are parsed
-//! as JSON and printed.
+//! Runs as any user. Trusts nothing but the socket path it is given: a reply that is not
+//! JSON, too large, or carries output that does not decode is an error (exit 69), never
+//! printed in part.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
+mod args;
+mod format;
+
+use std::error::Error;
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
+use thiserror::Error;
+
+pub use args::{Subcommand, USAGE};
+
+use crate::protocol::base64;
 
 /// Exit status when the broker rejected the request (the error is on stderr).
 pub const EXIT_REJECTED: u8 = 65;
-/// Exit status when the broker could not be reached or the connection failed.
+/// Exit status when the broker could not be reached, the connection failed, or the reply
+/// was invalid.
 pub const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit status for a usage error.
 pub const EXIT_USAGE: u8 = 64;
 /// Exit status when the script timed out.
 pub const EXIT_TIMED_OUT: u8 = 124;
 
-const DEFAULT_SOCKET: &str = "/run/secure_socket/broker.sock";
-/// Largest reply the client accepts, in bytes.
+/// Largest reply the client accepts, in bytes. A Run reply carries at most two streams of
+/// 64 KiB, each as escaped JSON text and, when it is not UTF-8, in base64 as well.
 const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
 
-pub const USAGE: &str = "\
-usage: secure_socket call [--socket PATH] [--json] COMMAND [name=value | name:=JSON]...
-       secure_socket list [--socket PATH] [--json]
-       secure_socket describe [--socket PATH] [--json] COMMAND
+/// Time to wait for a reply: the longest timeout_ms that a policy accepts (one hour),
+/// plus a minute for the broker to collect the output and reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3600 + 60);
 
-  name=value   sends the argument as a string
-  name:=JSON   sends a JSON value, for example count:=5 or force:=true
-  --socket     broker socket (default: $SECURE_SOCKET_PATH or /run/secure_socket/broker.sock)
-  --json       print the whole reply as JSON (list and describe print text otherwise)
-
-call prints the script's stdout and stderr and exits with its exit code;
-124 when it timed out, 128+N when signal N killed it, 65 when the broker
-rejected the request, 69 when the broker could not be reached, 64 on usage errors.";
-
-struct Options {
-    socket: String,
-    json: bool,
-    positional: Vec<String>,
+/// A call that failed after the command line was accepted. The client exits with 69.
+#[derive(Debug, Error)]
+enum CallError {
+    #[error("failed to connect to {socket}")]
+    Connect {
+        socket: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to encode the request")]
+    Encode(#[source] serde_json::Error),
+    #[error("failed to send the request")]
+    Send(#[source] io::Error),
+    #[error("failed to read the reply")]
+    Read(#[source] io::Error),
+    #[error("the broker closed the connection without a reply")]
+    Closed,
+    #[error("the reply is larger than {MAX_REPLY_BYTES} bytes")]
+    ReplyTooLarge,
+    #[error("invalid reply from the broker: not JSON")]
+    InvalidReply(#[source] serde_json::Error),
+    #[error("invalid reply from the broker: not a JSON object")]
+    ReplyNotObject,
+    #[error("invalid reply from the broker: {field} is not a string")]
+    OutputNotString { field: String },
+    #[error("invalid reply from the broker: {field} is not valid base64")]
+    InvalidBase64 {
+        field: String,
+        #[source]
+        source: base64::DecodeError,
+    },
+    #[error("invalid reply from the broker: Run reply has none of timed_out, exit_code and signal")]
+    MissingOutcome,
 }
 
-fn parse_options(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        socket: std::env::var("SECURE_SOCKET_PATH").unwrap_or_else(|_| DEFAULT_SOCKET.to_string()),
-        json: false,
-        positional: Vec::new(),
+/// Runs `call`, `list` or `describe` with the words after the subcommand.
+pub fn main(subcommand: Subcommand, words: &[String]) -> ExitCode {
+    let request = match args::parse(subcommand, words, std::env::var_os(args::SOCKET_ENV)) {
+        Ok(args::Invocation::Help) => {
+            write_stdout(format!("{USAGE}\n").as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Ok(args::Invocation::Request(request)) => request,
+        Err(error) => {
+            print_error(&error);
+            print_stderr(USAGE);
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--json" => options.json = true,
-            "--socket" => {
-                options.socket = iter
-                    .next()
-                    .ok_or_else(|| "--socket needs a path".to_string())?
-                    .clone()
-            }
-            _ => match arg.strip_prefix("--socket=") {
-                Some(path) => options.socket = path.to_string(),
-                None => options.positional.push(arg.clone()),
-            },
-        }
-    }
-    Ok(options)
-}
-
-/// Parses `name=value` (string) and `name:=JSON` arguments into a JSON object.
-pub fn parse_call_arguments(items: &[String]) -> Result<Map<String, Value>, String> {
-    let mut arguments = Map::new();
-    for item in items {
-        // The first `=` ends the name, so a string value may itself contain `:=`.
-        let Some((head, rest)) = item.split_once('=') else {
-            return Err(format!(
-                "invalid argument {item:?}: expected name=value or name:=JSON"
-            ));
-        };
-        let (name, value) = match head.strip_suffix(':') {
-            Some(name) => {
-                let value: Value = serde_json::from_str(rest).map_err(|error| {
-                    format!("invalid JSON value for argument {name:?}: {error}")
-                })?;
-                (name, value)
-            }
-            None => (head, Value::String(rest.to_string())),
-        };
-        if name.is_empty() {
-            return Err(format!("invalid argument {item:?}: the name is empty"));
-        }
-        if arguments.insert(name.to_string(), value).is_some() {
-            return Err(format!("argument {name:?} given twice"));
-        }
-    }
-    Ok(arguments)
-}
-
-/// Sends one varlink call and returns the reply object.
-fn call(socket: &str, method: &str, parameters: Value) -> Result<Value, String> {
-    let mut stream = UnixStream::connect(socket)
-        .map_err(|error| format!("failed to connect to {socket}: {error}"))?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(3600)));
-    let mut request = serde_json::to_vec(&json!({ "method": method, "parameters": parameters }))
-        .map_err(|error| format!("failed to encode the request: {error}"))?;
-    request.push(0);
-    // A broker that rejects the connection at once (Busy) writes its reply and closes
-    // without reading, so the send may fail while that reply is already waiting.
-    let sent = stream.write_all(&request);
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let count = match (stream.read(&mut chunk), &sent) {
-            (Ok(count), _) if count > 0 => count,
-            (_, Err(error)) => return Err(format!("failed to send the request: {error}")),
-            (Ok(_), Ok(())) => {
-                return Err("the broker closed the connection without a reply".to_string());
-            }
-            (Err(error), Ok(())) => return Err(format!("failed to read the reply: {error}")),
-        };
-        reply.extend_from_slice(&chunk[..count]);
-        if let Some(end) = reply.iter().position(|&byte| byte == 0) {
-            reply.truncate(end);
-            break;
-        }
-        if reply.len() > MAX_REPLY_BYTES {
-            return Err("the reply is larger than 4 MiB".to_string());
-        }
-    }
-    serde_json::from_slice(&reply)
-        .map_err(|error| format!("invalid reply from the broker: {error}"))
-}
-
-/// Runs `call`, `list` or `describe` with the arguments after the subcommand.
-pub fn main(subcommand: &str, args: &[String]) -> ExitCode {
-    let options = match parse_options(args) {
-        Ok(options) => options,
-        Err(message) => return usage_error(&message),
-    };
-    let (method, parameters) = match (subcommand, options.positional.as_slice()) {
-        ("list", []) => ("org.securesocket.Broker.List", json!({})),
-        ("describe", [command]) => (
-            "org.securesocket.Broker.Describe",
-            json!({ "command": command }),
-        ),
-        ("call", [command, rest @ ..]) => match parse_call_arguments(rest) {
-            Ok(arguments) => (
-                "org.securesocket.Broker.Run",
-                json!({ "command": command, "arguments": arguments }),
-            ),
-            Err(message) => return usage_error(&message),
-        },
-        _ => return usage_error("wrong number of arguments"),
-    };
-    let reply = match call(&options.socket, method, parameters) {
+    let reply = match call(&request.socket, request.method, &request.parameters) {
         Ok(reply) => reply,
-        Err(message) => {
-            eprintln!("secure_socket: {message}");
+        Err(error) => {
+            print_error(&error);
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    if options.json {
-        println!("{reply}");
+    if request.json {
+        write_stdout(format!("{reply}\n").as_bytes());
     }
+
     if let Some(error) = reply.get("error").and_then(Value::as_str) {
-        if !options.json {
+        if !request.json {
             let parameters = reply.get("parameters").cloned().unwrap_or(Value::Null);
-            eprintln!("secure_socket: {error}: {parameters}");
+            print_stderr(&format!("secure_socket: {error}: {parameters}"));
         }
         return ExitCode::from(EXIT_REJECTED);
     }
     let parameters = reply.get("parameters").cloned().unwrap_or(Value::Null);
-    if subcommand != "call" {
-        if !options.json {
-            let text = match subcommand {
-                "list" => format_list(&parameters),
-                _ => format_command(&parameters["command"]),
-            };
-            print!("{text}");
-        }
-        return ExitCode::SUCCESS;
-    }
-    if !options.json {
-        if let Some(text) = parameters.get("stdout").and_then(Value::as_str) {
-            print!("{text}");
-        }
-        if let Some(text) = parameters.get("stderr").and_then(Value::as_str) {
-            eprint!("{text}");
+    match subcommand {
+        Subcommand::Call => finish_call(&request, &parameters),
+        Subcommand::List | Subcommand::Describe => {
+            if !request.json {
+                let text = match subcommand {
+                    Subcommand::List => format::format_list(&parameters),
+                    _ => format::format_command(&parameters["command"]),
+                };
+                write_stdout(text.as_bytes());
+            }
+            ExitCode::SUCCESS
         }
     }
-    exit_status(&parameters)
 }
 
-/// Formats a List reply as one line per command: name, then description.
-fn format_list(parameters: &Value) -> String {
-    let commands = parameters["commands"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let width = commands
-        .iter()
-        .filter_map(|command| command["name"].as_str())
-        .map(str::len)
-        .max()
-        .unwrap_or(0);
-    let mut text = String::new();
-    for command in &commands {
-        let name = command["name"].as_str().unwrap_or_default();
-        let description = command["description"].as_str().unwrap_or_default();
-        text.push_str(&format!("{name:<width$}  {description}\n"));
-    }
-    text
-}
-
-/// Formats a Describe reply: the command, its limits, then one line per argument with
-/// its type and rules.
-fn format_command(command: &Value) -> String {
-    let text_of = |value: &Value| match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+/// Writes the output of a Run reply, followed by a note when it was truncated, and
+/// returns the exit status of `call`. With `--json` the reply is already printed, so
+/// only the status is left.
+fn finish_call(request: &args::Request, parameters: &Value) -> ExitCode {
+    let outcome = exit_status(parameters).and_then(|status| {
+        if request.json {
+            return Ok((status, Vec::new(), Vec::new()));
+        }
+        // Both streams are decoded before either is written, so that an invalid reply
+        // prints no output at all.
+        let stdout = output_bytes(parameters, "stdout")?;
+        let stderr = output_bytes(parameters, "stderr")?;
+        Ok((status, stdout, stderr))
+    });
+    let (status, stdout, stderr) = match outcome {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            print_error(&error);
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
     };
-    let mut text = format!(
-        "{}: {}\n",
-        text_of(&command["name"]),
-        text_of(&command["description"])
-    );
-    for key in [
-        "timeout_ms",
-        "capture_output",
-        "output_limit",
-        "stdin_limit",
-        "max_concurrent",
-        "rate_limit_requests",
-        "rate_limit_seconds",
-    ] {
-        if !command[key].is_null() {
-            text.push_str(&format!("  {key}: {}\n", text_of(&command[key])));
+    if !request.json {
+        write_stdout(&stdout);
+        write_stream(&mut io::stderr().lock(), "stderr", &stderr);
+        let command = request.parameters["command"].as_str().unwrap_or_default();
+        if let Some(note) = truncation_note(parameters, command) {
+            print_stderr(&note);
         }
     }
-    let arguments = command["arguments"].as_array().cloned().unwrap_or_default();
-    if !arguments.is_empty() {
-        text.push_str("  arguments:\n");
-    }
-    for argument in &arguments {
-        let mut line = format!(
-            "    {} ({}, {})",
-            text_of(&argument["name"]),
-            text_of(&argument["kind"]),
-            if argument["required"] == Value::Bool(true) {
-                "required"
-            } else {
-                "optional"
-            }
-        );
-        for key in [
-            "max_length",
-            "pattern",
-            "charset",
-            "min",
-            "max",
-            "values",
-            "prefixes",
-        ] {
-            if !argument[key].is_null() {
-                line.push_str(&format!(" {key}={}", argument[key]));
-            }
-        }
-        if argument["sensitive"] == Value::Bool(true) {
-            line.push_str(" sensitive");
-        }
-        let description = text_of(&argument["description"]);
-        if !description.is_empty() {
-            line.push_str(&format!(": {description}"));
-        }
-        text.push_str(&line);
-        text.push('\n');
-    }
-    text
+    ExitCode::from(status)
 }
 
-fn exit_status(parameters: &Value) -> ExitCode {
+/// Sends one varlink call and returns the reply object.
+fn call(socket: &Path, method: &str, parameters: &Value) -> Result<Value, CallError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| CallError::Connect {
+        socket: socket.display().to_string(),
+        source,
+    })?;
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .map_err(CallError::Read)?;
+    let mut request = serde_json::to_vec(&json!({ "method": method, "parameters": parameters }))
+        .map_err(CallError::Encode)?;
+    request.push(0);
+    // A broker that rejects the connection at once (Busy) writes its reply and closes
+    // without reading, so the send may fail while that reply is already waiting.
+    let sent = stream.write_all(&request);
+    let frame = match (read_frame(&mut stream), sent) {
+        (Ok(frame), _) => frame,
+        (Err(_), Err(error)) => return Err(CallError::Send(error)),
+        (Err(error), Ok(())) => return Err(error),
+    };
+    let reply: Value = serde_json::from_slice(&frame).map_err(CallError::InvalidReply)?;
+    if !reply.is_object() {
+        return Err(CallError::ReplyNotObject);
+    }
+    Ok(reply)
+}
+
+/// Reads up to the first NUL byte and returns the bytes before it.
+fn read_frame(stream: &mut UnixStream) -> Result<Vec<u8>, CallError> {
+    let mut frame = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let count = match stream.read(&mut chunk) {
+            Ok(0) => return Err(CallError::Closed),
+            Ok(count) => count,
+            Err(error) => return Err(CallError::Read(error)),
+        };
+        frame.extend_from_slice(&chunk[..count]);
+        if let Some(end) = frame.iter().position(|&byte| byte == 0) {
+            frame.truncate(end);
+            return Ok(frame);
+        }
+        if frame.len() > MAX_REPLY_BYTES {
+            return Err(CallError::ReplyTooLarge);
+        }
+    }
+}
+
+/// Returns the exact bytes of one output stream of a Run reply: the `<stream>_base64`
+/// field when the broker sent one (because the output is not UTF-8), else the text field.
+/// Output that was not captured is empty.
+fn output_bytes(parameters: &Value, stream: &str) -> Result<Vec<u8>, CallError> {
+    let base64_field = format!("{stream}_base64");
+    let (field, value) = match parameters.get(&base64_field) {
+        Some(value) if !value.is_null() => (base64_field, value),
+        _ => (stream.to_string(), &parameters[stream]),
+    };
+    let text = match value {
+        Value::Null => return Ok(Vec::new()),
+        Value::String(text) => text,
+        _ => return Err(CallError::OutputNotString { field }),
+    };
+    if field == stream {
+        return Ok(text.as_bytes().to_vec());
+    }
+    base64::decode(text).map_err(|source| CallError::InvalidBase64 { field, source })
+}
+
+/// Returns the one-line note that follows truncated output, or `None` when the broker
+/// truncated neither stream.
+fn truncation_note(parameters: &Value, command: &str) -> Option<String> {
+    let is_truncated = |stream: &str| parameters[format!("{stream}_truncated")] == json!(true);
+    let streams = match (is_truncated("stdout"), is_truncated("stderr")) {
+        (false, false) => return None,
+        (true, false) => "stdout was",
+        (false, true) => "stderr was",
+        (true, true) => "stdout and stderr were",
+    };
+    Some(format!(
+        "secure_socket: the script's {streams} truncated at the command's output_limit, \
+         which `secure_socket describe {command}` shows"
+    ))
+}
+
+/// Returns the exit status of `call` for a Run reply: 124 when the script timed out, its
+/// exit code when it exited, and 128+N when signal N killed it.
+fn exit_status(parameters: &Value) -> Result<u8, CallError> {
     if parameters.get("timed_out").and_then(Value::as_bool) == Some(true) {
-        return ExitCode::from(EXIT_TIMED_OUT);
+        return Ok(EXIT_TIMED_OUT);
     }
     if let Some(code) = parameters.get("exit_code").and_then(Value::as_i64) {
-        return ExitCode::from(code.clamp(0, 255) as u8);
+        return Ok(code.clamp(0, 255) as u8);
     }
     if let Some(signal) = parameters.get("signal").and_then(Value::as_i64) {
-        return ExitCode::from((128 + signal).clamp(0, 255) as u8);
+        return Ok((128 + signal).clamp(0, 255) as u8);
     }
-    ExitCode::from(EXIT_UNAVAILABLE)
+    Err(CallError::MissingOutcome)
 }
 
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("secure_socket: {message}\n{USAGE}");
-    ExitCode::from(EXIT_USAGE)
+fn write_stdout(bytes: &[u8]) {
+    write_stream(&mut io::stdout().lock(), "stdout", bytes);
+}
+
+/// Writes `bytes` to one of the client's own streams. A reader that went away (for
+/// example `| head`) is not reported, and any other failure is reported on stderr without
+/// changing the exit status, which stays the script's.
+fn write_stream(stream: &mut impl Write, name: &str, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    match stream.write_all(bytes).and_then(|()| stream.flush()) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
+        Err(error) => print_stderr(&format!("secure_socket: failed to write {name}: {error}")),
+    }
+}
+
+/// Prints `secure_socket: ERROR: CAUSE: ...` on stderr, with every cause in the chain.
+fn print_error(error: &dyn Error) {
+    let mut line = format!("secure_socket: {error}");
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    print_stderr(&line);
+}
+
+/// Prints one line on stderr. There is nowhere left to report a failure to, so it is
+/// ignored.
+fn print_stderr(line: &str) {
+    let _ = writeln!(io::stderr().lock(), "{line}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn strings(items: &[&str]) -> Vec<String> {
-        items.iter().map(|item| item.to_string()).collect()
-    }
-
-    #[test]
-    fn call_arguments_string_and_json() {
-        let arguments = parse_call_arguments(&strings(&["name=a=b", "count:=5"])).unwrap();
-        assert_eq!(arguments["name"], json!("a=b"));
-        assert_eq!(arguments["count"], json!(5));
-    }
-
-    #[test]
-    fn call_arguments_string_value_containing_json_marker() {
-        let arguments = parse_call_arguments(&strings(&["text=a:=5"])).unwrap();
-        assert_eq!(arguments["text"], json!("a:=5"));
-    }
-
-    #[test]
-    fn list_text_has_one_line_per_command() {
-        let reply = json!({ "commands": [
-            { "name": "restart", "description": "Restart a service" },
-            { "name": "renew-certificate", "description": "Renew" },
-        ]});
-        let text = format_list(&reply);
-        assert_eq!(text.lines().count(), 2);
-        assert_eq!(
-            text.lines().next(),
-            Some("restart            Restart a service")
-        );
-    }
-
-    #[test]
-    fn describe_text_names_argument_rules() {
-        let command = json!({
-            "name": "restart", "description": "Restart a service", "timeout_ms": 5000,
-            "arguments": [{ "name": "service", "kind": "enum", "required": true,
-                "sensitive": false, "description": "", "values": ["nginx"] }],
-        });
-        let text = format_command(&command);
-        assert!(text.contains("  timeout_ms: 5000\n"), "{text}");
-        assert!(
-            text.contains("    service (enum, required) values=[\"nginx\"]\n"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn call_arguments_duplicate_rejected() {
-        assert!(parse_call_arguments(&strings(&["a=1", "a=2"])).is_err());
-    }
-
-    #[test]
-    fn call_arguments_without_equals_rejected() {
-        assert!(parse_call_arguments(&strings(&["flag"])).is_err());
-    }
-
     #[test]
     fn exit_status_signal_adds_128() {
-        assert_eq!(
-            exit_status(&json!({ "signal": 9, "timed_out": false })),
-            ExitCode::from(137)
+        let status = exit_status(&json!({ "signal": 9, "timed_out": false }));
+        assert_eq!(status.ok(), Some(137));
+    }
+
+    #[test]
+    fn exit_status_timeout_wins_over_signal() {
+        let status = exit_status(&json!({ "signal": 9, "timed_out": true }));
+        assert_eq!(status.ok(), Some(EXIT_TIMED_OUT));
+    }
+
+    #[test]
+    fn exit_status_without_outcome_is_error() {
+        let status = exit_status(&json!({ "exit_code": null, "signal": null }));
+        assert!(
+            matches!(status, Err(CallError::MissingOutcome)),
+            "{status:?}"
         );
+    }
+
+    #[test]
+    fn output_bytes_prefers_base64() {
+        let reply = json!({ "stdout": "ok\u{fffd}", "stdout_base64": "b2v/" });
+        assert_eq!(output_bytes(&reply, "stdout").unwrap(), b"ok\xff");
+    }
+
+    #[test]
+    fn output_bytes_uses_text_without_base64() {
+        let reply = json!({ "stdout": "caf\u{e9}", "stderr": null });
+        assert_eq!(
+            output_bytes(&reply, "stdout").unwrap(),
+            "caf\u{e9}".as_bytes()
+        );
+        assert_eq!(output_bytes(&reply, "stderr").unwrap(), b"");
+    }
+
+    #[test]
+    fn output_bytes_rejects_invalid_base64() {
+        let reply = json!({ "stdout": "x", "stdout_base64": "b2v" });
+        let error = output_bytes(&reply, "stdout").unwrap_err();
+        assert!(matches!(error, CallError::InvalidBase64 { .. }), "{error}");
+        let reply = json!({ "stdout": 5 });
+        let error = output_bytes(&reply, "stdout").unwrap_err();
+        assert!(
+            matches!(error, CallError::OutputNotString { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn truncation_note_names_streams_and_limit() {
+        let reply = json!({ "stdout_truncated": true, "stderr_truncated": false });
+        let note = truncation_note(&reply, "greet").unwrap();
+        assert_eq!(
+            note,
+            "secure_socket: the script's stdout was truncated at the command's \
+             output_limit, which `secure_socket describe greet` shows"
+        );
+        let reply = json!({ "stdout_truncated": true, "stderr_truncated": true });
+        let note = truncation_note(&reply, "greet").unwrap();
+        assert!(note.contains("stdout and stderr were truncated"), "{note}");
+        let reply = json!({ "stdout_truncated": false, "stderr_truncated": false });
+        assert_eq!(truncation_note(&reply, "greet"), None);
     }
 }

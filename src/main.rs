@@ -131,13 +131,9 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         "check-policy" => check_policy(rest),
-        "call" | "list" | "describe" => {
-            if rest.iter().any(|arg| arg == "--help" || arg == "-h") {
-                println!("{}", client::USAGE);
-                return ExitCode::SUCCESS;
-            }
-            client::main(first, rest)
-        }
+        "call" => client::main(client::Subcommand::Call, rest),
+        "list" => client::main(client::Subcommand::List, rest),
+        "describe" => client::main(client::Subcommand::Describe, rest),
         _ => run_broker(&args),
     }
 }

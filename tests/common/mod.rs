@@ -551,8 +551,12 @@ pub fn parameters(reply: &Value) -> &Value {
 #[derive(Debug)]
 pub struct ProcessOutput {
     pub status: ExitStatus,
+    /// Stdout as text, with bytes that are not UTF-8 replaced by U+FFFD.
     pub stdout: String,
     pub stderr: String,
+    /// Stdout exactly as the process wrote it.
+    pub stdout_bytes: Vec<u8>,
+    pub stderr_bytes: Vec<u8>,
 }
 
 impl ProcessOutput {
@@ -618,10 +622,14 @@ impl RunningProcess {
             }
         };
 
+        let stdout_bytes = self.stdout_reader.join().unwrap();
+        let stderr_bytes = self.stderr_reader.join().unwrap();
         let output = ProcessOutput {
             status,
-            stdout: String::from_utf8_lossy(&self.stdout_reader.join().unwrap()).into_owned(),
-            stderr: String::from_utf8_lossy(&self.stderr_reader.join().unwrap()).into_owned(),
+            stdout: String::from_utf8_lossy(&stdout_bytes).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr_bytes).into_owned(),
+            stdout_bytes,
+            stderr_bytes,
         };
         assert!(
             !timed_out,
