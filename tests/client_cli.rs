@@ -7,8 +7,8 @@ mod common;
 use serde_json::{Value, json};
 
 use common::{
-    Broker, CLIENT_TIMEOUT, Fixture, ProcessOutput, WWW_DATA, command_as, json_reply_parameters,
-    run_client_as, spawn,
+    BINARY_SCRIPT, BINARY_STDERR, BINARY_STDOUT, Broker, CLIENT_TIMEOUT, FLOOD_SCRIPT, Fixture,
+    ProcessOutput, WWW_DATA, command_as, json_reply_parameters, run_client_as, spawn,
 };
 use secure_socket::protocol::base64;
 
@@ -75,18 +75,7 @@ capture_output = true
 const GREET_SCRIPT: &str =
     "#!/bin/sh\necho \"$1\" >> @FIXTURE@/out/greet.log\necho \"hello, $1\"\n";
 
-/// Prints [`BINARY_STDOUT`] and [`BINARY_STDERR`]: a valid two-byte character, bytes that
-/// are never UTF-8, a NUL, and a lone continuation byte.
-const BINARY_SCRIPT: &str =
-    "#!/bin/sh\nprintf 'caf\\303\\251 \\377\\376\\000end\\n'\nprintf 'warning \\200\\n' >&2\n";
-const BINARY_STDOUT: &[u8] = b"caf\xc3\xa9 \xff\xfe\x00end\n";
-const BINARY_STDERR: &[u8] = b"warning \x80\n";
-
 const SPLIT_CHARACTER_SCRIPT: &str = "#!/bin/sh\nprintf 'abc\\303\\251'\n";
-
-const FLOOD_SCRIPT: &str = "#!/bin/sh\n\
-    printf 'oooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooo'\n\
-    printf 'eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee' >&2\n";
 
 const EXIT_WITH_SCRIPT: &str = "#!/bin/sh\nexit \"$1\"\n";
 

@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use common::{Broker, DAEMON, Fixture, ProcessOutput, User, WWW_DATA, command_as, spawn};
+use common::{
+    BINARY_SCRIPT, BINARY_STDERR, BINARY_STDOUT, Broker, DAEMON, FLOOD_SCRIPT, Fixture,
+    ProcessOutput, User, WWW_DATA, command_as, spawn,
+};
+use secure_socket::protocol::base64;
 
 const PHP: &str = "/usr/bin/php";
 
@@ -49,6 +53,21 @@ capture_output = true
 type = "integer"
 min = 0
 max = 100
+
+[command.binary]
+description = "Print bytes that are not UTF-8 on both streams"
+script = "@FIXTURE@/scripts/binary"
+run_as = "nobody"
+allow_users = ["www-data"]
+capture_output = true
+
+[command.flood]
+description = "Print 64 bytes on each stream, above the limit of 16"
+script = "@FIXTURE@/scripts/flood"
+run_as = "nobody"
+allow_users = ["www-data"]
+capture_output = true
+output_limit = 16
 
 [command.root-only]
 description = "A command that only root may run, so List must leave it out"
@@ -119,6 +138,8 @@ impl Setup {
         fixture.write_policy("commands", POLICY);
         fixture.write_script("greet", GREET_SCRIPT);
         fixture.write_script("exit-with", EXIT_WITH_SCRIPT);
+        fixture.write_script("binary", BINARY_SCRIPT);
+        fixture.write_script("flood", FLOOD_SCRIPT);
         for file in language.files {
             let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let name = Path::new(file).file_name().unwrap().to_str().unwrap();
@@ -207,6 +228,30 @@ fn cli_run_prints_output_and_exit_code(language: &'static Language) {
     );
 }
 
+fn cli_writes_non_utf8_output_exactly(language: &'static Language) {
+    let setup = Setup::start(language);
+
+    let output = setup.run_cli(&["binary"]);
+
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert_eq!(output.stdout_bytes, BINARY_STDOUT, "{}", output.describe());
+    assert_eq!(output.stderr_bytes, BINARY_STDERR, "{}", output.describe());
+}
+
+fn cli_notes_truncated_output(language: &'static Language) {
+    let setup = Setup::start(language);
+
+    let output = setup.run_cli(&["flood"]);
+
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert_eq!(output.stdout, "o".repeat(16), "{}", output.describe());
+    let expected_stderr = format!(
+        "{}note: the command's stdout and stderr output was truncated at its output_limit\n",
+        "e".repeat(16)
+    );
+    assert_eq!(output.stderr, expected_stderr, "{}", output.describe());
+}
+
 fn cli_reports_rejection_with_exit_65(language: &'static Language) {
     let setup = Setup::start(language);
 
@@ -230,6 +275,8 @@ fn client_run_returns_reply_fields(language: &'static Language) {
     assert_eq!(reply["exit_code"], json!(0), "{outcome}");
     assert_eq!(reply["stdout"], json!("hello, world\n"), "{outcome}");
     assert_eq!(reply["stderr"], json!(""), "{outcome}");
+    assert_eq!(reply.get("stdout_base64"), None, "{outcome}");
+    assert_eq!(reply.get("stderr_base64"), None, "{outcome}");
     assert_eq!(reply["signal"], Value::Null, "{outcome}");
     assert_eq!(reply["timed_out"], json!(false), "{outcome}");
     assert!(reply["duration_ms"].is_u64(), "{outcome}");
@@ -241,6 +288,22 @@ fn client_run_returns_reply_fields(language: &'static Language) {
     assert_eq!(reply["exit_code"], json!(7), "{outcome}");
     assert_eq!(reply["stdout"], json!("on stdout\n"), "{outcome}");
     assert_eq!(reply["stderr"], json!("exiting with 7\n"), "{outcome}");
+}
+
+fn client_run_returns_base64_for_non_utf8(language: &'static Language) {
+    let setup = Setup::start(language);
+
+    let outcome = setup.driver_run(WWW_DATA, "binary", json!({}));
+    let reply = reply_of(&outcome);
+    assert_eq!(
+        reply["stdout"],
+        json!("caf\u{e9} \u{fffd}\u{fffd}\u{0}end\n"),
+        "{outcome}"
+    );
+    let stdout = base64::decode(reply["stdout_base64"].as_str().unwrap_or_default());
+    assert_eq!(stdout, Ok(BINARY_STDOUT.to_vec()), "{outcome}");
+    let stderr = base64::decode(reply["stderr_base64"].as_str().unwrap_or_default());
+    assert_eq!(stderr, Ok(BINARY_STDERR.to_vec()), "{outcome}");
 }
 
 fn client_lists_permitted_commands(language: &'static Language) {
@@ -255,7 +318,11 @@ fn client_lists_permitted_commands(language: &'static Language) {
         .map(|command| command["name"].as_str().unwrap())
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["exit-with", "greet"], "{outcome}");
+    assert_eq!(
+        names,
+        ["binary", "exit-with", "flood", "greet"],
+        "{outcome}"
+    );
 
     let greet = commands
         .iter()
@@ -310,6 +377,16 @@ fn php_cli_run_prints_output_and_exit_code() {
 }
 
 #[test]
+fn php_cli_writes_non_utf8_output_exactly() {
+    cli_writes_non_utf8_output_exactly(&PHP_EXAMPLE);
+}
+
+#[test]
+fn php_cli_notes_truncated_output() {
+    cli_notes_truncated_output(&PHP_EXAMPLE);
+}
+
+#[test]
 fn php_cli_reports_rejection_with_exit_65() {
     cli_reports_rejection_with_exit_65(&PHP_EXAMPLE);
 }
@@ -317,6 +394,11 @@ fn php_cli_reports_rejection_with_exit_65() {
 #[test]
 fn php_client_run_returns_reply_fields() {
     client_run_returns_reply_fields(&PHP_EXAMPLE);
+}
+
+#[test]
+fn php_client_run_returns_base64_for_non_utf8() {
+    client_run_returns_base64_for_non_utf8(&PHP_EXAMPLE);
 }
 
 #[test]
@@ -340,6 +422,16 @@ fn python_cli_run_prints_output_and_exit_code() {
 }
 
 #[test]
+fn python_cli_writes_non_utf8_output_exactly() {
+    cli_writes_non_utf8_output_exactly(&PYTHON_EXAMPLE);
+}
+
+#[test]
+fn python_cli_notes_truncated_output() {
+    cli_notes_truncated_output(&PYTHON_EXAMPLE);
+}
+
+#[test]
 fn python_cli_reports_rejection_with_exit_65() {
     cli_reports_rejection_with_exit_65(&PYTHON_EXAMPLE);
 }
@@ -347,6 +439,11 @@ fn python_cli_reports_rejection_with_exit_65() {
 #[test]
 fn python_client_run_returns_reply_fields() {
     client_run_returns_reply_fields(&PYTHON_EXAMPLE);
+}
+
+#[test]
+fn python_client_run_returns_base64_for_non_utf8() {
+    client_run_returns_base64_for_non_utf8(&PYTHON_EXAMPLE);
 }
 
 #[test]

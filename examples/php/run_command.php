@@ -6,7 +6,8 @@
  *     php run_command.php add-mail-user user=alice domain=example.org quota_mb:=500 password=s3cret
  *
  * name=value sends a string and name:=JSON any JSON value. The command's stdout and stderr
- * are printed. The exit code is the command's own, or one of those of `secure_socket call`:
+ * are written byte for byte, from the base64 fields of the reply when the output is not
+ * UTF-8, and a note on stderr follows output truncated at output_limit. The exit code is the command's own, or one of those of `secure_socket call`:
  * 124 when the command timed out, 128+N when signal N killed it, 65 when the broker
  * rejected the request (the varlink error is printed on stderr), 69 when the broker could
  * not be reached, and 64 for usage errors.
@@ -82,6 +83,8 @@ function main(array $argv): int
     $client = new SecureSocketClient($socketPath);
     try {
         $reply = $client->run($command, $arguments);
+        $stdout = SecureSocketClient::outputBytes($reply, 'stdout');
+        $stderr = SecureSocketClient::outputBytes($reply, 'stderr');
     } catch (SecureSocketBrokerError $error) {
         fwrite(STDERR, $error->getErrorName() . ' ' . json_encode($error->getParameters()) . "\n");
         return EXIT_REJECTED;
@@ -93,8 +96,13 @@ function main(array $argv): int
         return EXIT_USAGE;
     }
 
-    fwrite(STDOUT, $reply['stdout'] ?? '');
-    fwrite(STDERR, $reply['stderr'] ?? '');
+    fwrite(STDOUT, $stdout);
+    fwrite(STDERR, $stderr);
+    $truncated = array_filter(['stdout', 'stderr'], fn ($stream) => $reply[$stream . '_truncated'] ?? false);
+    if ($truncated !== []) {
+        fwrite(STDERR, "note: the command's " . implode(' and ', $truncated)
+            . " output was truncated at its output_limit\n");
+    }
     if ($reply['timed_out']) {
         return EXIT_TIMED_OUT;
     }

@@ -18,6 +18,10 @@
  *         echo $error->getErrorName(), ' ', json_encode($error->getParameters()), "\n";
  *     }
  *
+ * $reply['stdout'] and $reply['stderr'] are text, in which bytes that are not UTF-8 are
+ * replaced by U+FFFD. SecureSocketClient::outputBytes($reply, 'stdout') returns the exact
+ * bytes, which the broker sends in base64 for such output.
+ *
  * The test suite runs it with Debian 12's php-cli (PHP 8.2) as www-data.
  */
 
@@ -102,7 +106,9 @@ class SecureSocketClient
      *
      * Returns the reply parameters: request_id, exit_code (null when a signal killed the
      * command), signal, timed_out, duration_ms, stdout and stderr (null unless the command
-     * captures output), stdout_truncated and stderr_truncated.
+     * captures output), stdout_truncated and stderr_truncated. For output that is not
+     * UTF-8, stdout and stderr contain U+FFFD in place of the invalid bytes, and
+     * stdout_base64 and stderr_base64 contain the exact bytes (see outputBytes()).
      *
      * @param array<string, string|int|bool> $arguments
      * @return array<string, mixed>
@@ -115,6 +121,28 @@ class SecureSocketClient
             $parameters['stdin'] = $stdin;
         }
         return $this->call(self::BROKER_INTERFACE . '.Run', $parameters);
+    }
+
+    /**
+     * Returns the exact bytes of one output stream ('stdout' or 'stderr') of a Run reply.
+     *
+     * Uses the stream's base64 field when the broker sent one, because the output is not
+     * UTF-8, and the text otherwise. Returns '' when the command does not capture output.
+     *
+     * @param array<string, mixed> $reply
+     * @throws SecureSocketConnectionError when the base64 field is not valid base64
+     */
+    public static function outputBytes(array $reply, string $stream): string
+    {
+        $encoded = $reply[$stream . '_base64'] ?? null;
+        if ($encoded === null) {
+            return (string) ($reply[$stream] ?? '');
+        }
+        $bytes = is_string($encoded) ? base64_decode($encoded, true) : false;
+        if ($bytes === false) {
+            throw new SecureSocketConnectionError("the broker sent an invalid {$stream}_base64");
+        }
+        return $bytes;
     }
 
     /**

@@ -17,7 +17,12 @@ UnknownCommand, ...) with one except clause.
     else:
         print(reply["exit_code"], reply["stdout"])
 
-Run as a program, it calls one command and exits with the command's exit code:
+reply["stdout"] and reply["stderr"] are text, in which bytes that are not UTF-8 are
+replaced by U+FFFD. output_bytes(reply, "stdout") returns the exact bytes, which the
+broker sends in base64 for such output.
+
+Run as a program, it calls one command, writes its output byte for byte, and exits
+with the command's exit code:
 
     python3 secure_socket_client.py [--socket PATH] COMMAND [name=value | name:=JSON]...
     python3 secure_socket_client.py [--socket PATH] --list
@@ -26,6 +31,8 @@ The test suite runs it with Debian 12's /usr/bin/python3 (Python 3.11).
 """
 
 import argparse
+import base64
+import binascii
 import json
 import socket
 import sys
@@ -103,7 +110,9 @@ class Client:
 
         Returns the reply parameters: request_id, exit_code (None when a signal killed the
         command), signal, timed_out, duration_ms, stdout and stderr (None unless the
-        command captures output), stdout_truncated and stderr_truncated.
+        command captures output), stdout_truncated and stderr_truncated. For output that
+        is not UTF-8, stdout and stderr contain U+FFFD in place of the invalid bytes, and
+        stdout_base64 and stderr_base64 contain the exact bytes (see output_bytes).
         """
         parameters = {"command": command, "arguments": arguments or {}}
         if stdin is not None:
@@ -117,6 +126,22 @@ class Client:
     def describe(self, command):
         """Return the CommandInfo dict of one command this caller may run."""
         return self.call(BROKER_INTERFACE + ".Describe", {"command": command})["command"]
+
+
+def output_bytes(reply, stream):
+    """Return the exact bytes of one output stream ("stdout" or "stderr") of a Run reply.
+
+    Uses the stream's base64 field when the broker sent one, because the output is not
+    UTF-8, and the text otherwise. Returns b"" when the command does not capture output.
+    Raises ValueError when the base64 field is not valid base64.
+    """
+    encoded = reply.get(stream + "_base64")
+    if encoded is not None:
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except binascii.Error as error:
+            raise ValueError("invalid %s_base64 in the reply: %s" % (stream, error)) from error
+    return (reply.get(stream) or "").encode("utf-8")
 
 
 def _receive_frame(connection):
@@ -193,16 +218,26 @@ def _main():
                 print("%s\t%s" % (command["name"], command["description"]))
             return 0
         reply = client.run(options.command, arguments)
+        stdout = output_bytes(reply, "stdout")
+        stderr = output_bytes(reply, "stderr")
     except BrokerError as error:
         print("%s %s" % (error.name, json.dumps(error.parameters)), file=sys.stderr)
         return 65
     except (OSError, ValueError) as error:
-        # ValueError: a reply that is not UTF-8 JSON.
+        # ValueError: a reply that is not UTF-8 JSON, or invalid base64 in it.
         print("failed to call the broker at %s: %s" % (options.socket, error), file=sys.stderr)
         return 69
 
-    sys.stdout.write(reply.get("stdout") or "")
-    sys.stderr.write(reply.get("stderr") or "")
+    sys.stdout.buffer.write(stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(stderr)
+    sys.stderr.buffer.flush()
+    truncated = " and ".join(
+        stream for stream in ("stdout", "stderr") if reply.get(stream + "_truncated")
+    )
+    if truncated:
+        print("note: the command's %s output was truncated at its output_limit" % truncated,
+              file=sys.stderr)
     if reply.get("timed_out"):
         return 124
     if reply.get("signal") is not None:

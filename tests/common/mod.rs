@@ -47,6 +47,18 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// the test instead of hanging it.
 const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Script that prints [`BINARY_STDOUT`] and [`BINARY_STDERR`]: a valid two-byte
+/// character, bytes that are never UTF-8, a NUL, and a lone continuation byte.
+pub const BINARY_SCRIPT: &str =
+    "#!/bin/sh\nprintf 'caf\\303\\251 \\377\\376\\000end\\n'\nprintf 'warning \\200\\n' >&2\n";
+pub const BINARY_STDOUT: &[u8] = b"caf\xc3\xa9 \xff\xfe\x00end\n";
+pub const BINARY_STDERR: &[u8] = b"warning \x80\n";
+
+/// Script that prints 64 bytes on each stream: `o` on stdout and `e` on stderr.
+pub const FLOOD_SCRIPT: &str = "#!/bin/sh\n\
+    printf 'oooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooooo'\n\
+    printf 'eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee' >&2\n";
+
 /// A local account that tests run clients as.
 #[derive(Debug, Clone, Copy)]
 pub struct User {
