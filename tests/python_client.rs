@@ -35,6 +35,13 @@ allow_users = ["www-data"]
 argv = ["{name}"]
 capture_output = true
 
+[command.binary]
+description = "Print bytes that are not UTF-8"
+script = "@FIXTURE@/scripts/binary"
+run_as = "root"
+allow_users = ["www-data"]
+capture_output = true
+
 [command.greet.arguments.name]
 type = "string"
 pattern = "[a-z]+"
@@ -44,6 +51,9 @@ max_length = 16
 const HELLO_SCRIPT: &str = "#!/bin/sh\ndate\necho \"peer uid: $SECURE_SOCKET_PEER_UID\"\n";
 
 const GREET_SCRIPT: &str = "#!/bin/sh\necho \"hello, $1\"\n";
+
+/// Prints `caf\xc3\xa9 \xff\xfe`, which is not UTF-8.
+const BINARY_SCRIPT: &str = "#!/bin/sh\nprintf 'caf\\303\\251 \\377\\376'\n";
 
 #[test]
 fn python_varlink_client_runs_command() {
@@ -62,6 +72,7 @@ fn python_varlink_client_runs_command() {
     fixture.write_policy("commands", POLICY);
     fixture.write_script("hello", HELLO_SCRIPT);
     fixture.write_script("greet", GREET_SCRIPT);
+    fixture.write_script("binary", BINARY_SCRIPT);
     let broker = Broker::start(&fixture, &[]);
     // Copied so that www-data can read it wherever the source tree is.
     let client_script = fixture.copy_in(
@@ -93,7 +104,14 @@ fn python_varlink_client_runs_command() {
     assert!(
         output
             .stdout
-            .contains("ok: List shows exactly greet, hello"),
+            .contains("ok: List shows exactly binary, greet, hello"),
+        "{}",
+        output.describe()
+    );
+    assert!(
+        output
+            .stdout
+            .contains("ok: Run binary returned the exact bytes in stdout_base64"),
         "{}",
         output.describe()
     );

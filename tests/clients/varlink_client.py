@@ -8,6 +8,7 @@ prints one `ok:` line; the first failure prints the reason to stderr and exits 1
 Expects the policy of tests/python_client.rs and to run as www-data (uid 33).
 """
 
+import base64
 import sys
 
 import varlink
@@ -50,9 +51,9 @@ def main():
             print("ok: interface description parsed")
 
             names = sorted(command["name"] for command in broker.List()["commands"])
-            if names != ["greet", "hello"]:
+            if names != ["binary", "greet", "hello"]:
                 fail("List returned %r" % names)
-            print("ok: List shows exactly greet, hello")
+            print("ok: List shows exactly binary, greet, hello")
 
             reply = broker.Run(command="hello", arguments={})
             if reply.get("exit_code") != 0:
@@ -65,6 +66,16 @@ def main():
             if reply.get("stdout") != "hello, world\n":
                 fail("Run greet returned %r" % reply)
             print("ok: Run greet passed its argument")
+            if "stdout_base64" in reply:
+                fail("Run greet sent stdout_base64 for UTF-8 output: %r" % reply)
+
+            reply = broker.Run(command="binary", arguments={})
+            if reply.get("stdout") != "caf\u00e9 \ufffd\ufffd":
+                fail("Run binary returned the text %r" % reply.get("stdout"))
+            exact = base64.b64decode(reply.get("stdout_base64") or "", validate=True)
+            if exact != b"caf\xc3\xa9 \xff\xfe":
+                fail("Run binary returned the bytes %r" % exact)
+            print("ok: Run binary returned the exact bytes in stdout_base64")
 
             expect_error(
                 lambda: broker.Run(command="greet", arguments={"name": "World!"}),
