@@ -292,6 +292,27 @@ fn print_stderr(line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::channel::ExecOutcome;
+    use crate::protocol::varlink;
+
+    #[test]
+    fn largest_run_reply_fits_reply_limit() {
+        // The largest output_limit that a policy accepts, in bytes.
+        const MAX_OUTPUT_LIMIT: usize = 65_536;
+        // A control byte takes six bytes of JSON (\u0001), the most of any byte, and one
+        // byte that is not UTF-8 adds the base64 field.
+        let mut output = vec![0x01u8; MAX_OUTPUT_LIMIT - 1];
+        output.push(0xff);
+        let outcome = ExecOutcome {
+            stdout: Some(output.clone()),
+            stderr: Some(output),
+            ..ExecOutcome::default()
+        };
+
+        let frame = varlink::encode_reply(varlink::run_reply(&outcome));
+
+        assert!(frame.len() <= MAX_REPLY_BYTES, "{} bytes", frame.len());
+    }
 
     #[test]
     fn exit_status_signal_adds_128() {

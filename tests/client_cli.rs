@@ -1,6 +1,6 @@
 //! Runs the command-line client (`secure_socket call`) as www-data against a real broker:
 //! exact output bytes, the note after truncated output, exit codes that a script can
-//! share with the client's own errors, and option parsing.
+//! share with the client's own errors or with a signal, and option parsing.
 
 mod common;
 
@@ -62,6 +62,13 @@ type = "integer"
 min = 0
 max = 255
 
+[command.self-kill]
+description = "Kill itself with SIGKILL"
+script = "@FIXTURE@/scripts/self-kill"
+run_as = "nobody"
+allow_users = ["www-data"]
+capture_output = true
+
 [command.sleep]
 description = "Sleep past the timeout"
 script = "@FIXTURE@/scripts/sleep"
@@ -78,6 +85,8 @@ const GREET_SCRIPT: &str =
 const SPLIT_CHARACTER_SCRIPT: &str = "#!/bin/sh\nprintf 'abc\\303\\251'\n";
 
 const EXIT_WITH_SCRIPT: &str = "#!/bin/sh\nexit \"$1\"\n";
+
+const SELF_KILL_SCRIPT: &str = "#!/bin/sh\nkill -KILL $$\n";
 
 const SLEEP_SCRIPT: &str = "#!/bin/sh\nsleep 30\n";
 
@@ -97,6 +106,7 @@ impl Setup {
         fixture.write_script("split-character", SPLIT_CHARACTER_SCRIPT);
         fixture.write_script("flood", FLOOD_SCRIPT);
         fixture.write_script("exit-with", EXIT_WITH_SCRIPT);
+        fixture.write_script("self-kill", SELF_KILL_SCRIPT);
         fixture.write_script("sleep", SLEEP_SCRIPT);
         let broker = Broker::start(&fixture, &[]);
         Setup { broker, fixture }
@@ -373,6 +383,35 @@ fn json_tells_exit_69_from_unreachable() {
 }
 
 #[test]
+fn json_tells_exit_137_from_signal() {
+    let setup = Setup::start();
+
+    let script = setup.client(&["call", "--json", "exit-with", "code:=137"]);
+    assert_eq!(script.code(), Some(137), "{}", setup.describe(&script));
+    let reply = script.stdout_json();
+    assert_eq!(
+        json_reply_parameters(&reply)["exit_code"],
+        json!(137),
+        "{reply}"
+    );
+    assert_eq!(
+        json_reply_parameters(&reply)["signal"],
+        Value::Null,
+        "{reply}"
+    );
+
+    let killed = setup.client(&["call", "--json", "self-kill"]);
+    assert_eq!(killed.code(), Some(137), "{}", setup.describe(&killed));
+    let reply = killed.stdout_json();
+    assert_eq!(
+        json_reply_parameters(&reply)["exit_code"],
+        Value::Null,
+        "{reply}"
+    );
+    assert_eq!(json_reply_parameters(&reply)["signal"], json!(9), "{reply}");
+}
+
+#[test]
 fn unknown_option_is_usage_error() {
     let setup = Setup::start();
 
@@ -493,8 +532,14 @@ fn help_prints_usage_on_stdout() {
             "{}",
             output.describe()
         );
+        // The help text wraps its lines, so the words are compared without line breaks.
+        let words = output
+            .stdout
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(
-            output.stdout.contains("--json can"),
+            words.contains("the exit status alone cannot tell"),
             "{}",
             output.describe()
         );

@@ -40,16 +40,16 @@ call writes the script's stdout and stderr byte for byte. When the broker trunca
 either at the command's output_limit, a note on stderr follows the output.
 
 exit status of call: the script's own exit code, 128+N when signal N killed the
-script, 124 when it timed out. Errors of the client and the broker: 65 when the
-broker rejected the request (the varlink error is on stderr), 69 when the broker
-could not be reached or sent an invalid reply, 64 on usage errors. list and
-describe exit with 0 or one of these errors.
+script, and 124 when it timed out. The client itself exits with 65 when the broker
+rejected the request (the varlink error is on stderr), 69 when the broker could not
+be reached or sent an invalid reply, and 64 on usage errors. list and describe exit
+with 0 or one of these three codes.
 
 A script can itself exit with 64, 65, 69, 124 or a code above 128, so the exit
-status alone cannot tell the script's code from an error or a signal. --json can:
-stdout is empty after a usage or connection error, the reply has an \"error\" field
-when the broker rejected the request, and otherwise the reply's \"parameters\" carry
-the script's exit_code, signal and timed_out.";
+status alone cannot tell the script's code from an error or a signal. The output of
+--json can. Its stdout is empty after a usage or connection error, the reply has an
+\"error\" field when the broker rejected the request, and otherwise the reply's
+\"parameters\" carry the script's exit_code, signal and timed_out.";
 
 /// The subcommands of the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
