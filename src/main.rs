@@ -115,7 +115,22 @@ fn run_broker(args: &[String]) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    // std::env::args panics on an argument that is not UTF-8; every parameter, policy
+    // path and command name is UTF-8, so such an argument is a usage error.
+    let mut args: Vec<String> = Vec::new();
+    for (position, argument) in std::env::args_os().skip(1).enumerate() {
+        match argument.into_string() {
+            Ok(argument) => args.push(argument),
+            Err(argument) => {
+                eprintln!(
+                    "secure_socket: argument {} is not valid UTF-8: {}",
+                    position + 1,
+                    argument.to_string_lossy().escape_debug()
+                );
+                return ExitCode::from(client::EXIT_USAGE);
+            }
+        }
+    }
     let Some(first) = args.first() else {
         return run_broker(&args);
     };

@@ -546,3 +546,18 @@ fn help_prints_usage_on_stdout() {
         assert!(output.stderr.is_empty(), "{}", output.describe());
     }
 }
+
+#[test]
+fn non_utf8_argument_is_usage_error() {
+    use std::os::unix::ffi::OsStrExt;
+    let argument = std::ffi::OsStr::from_bytes(b"name=\xff");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_secure_socket"))
+        .args([
+            std::ffi::OsStr::new("call"),
+            std::ffi::OsStr::new("greet"),
+            argument,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+}
