@@ -570,12 +570,12 @@ fn check_and_run(
             "no such command",
         ));
     };
-    if !command.permits(peer) {
+    if let Err(denied) = command.permits(peer) {
         return Err(BrokerError::new(
             ErrorKind::PermissionDenied,
             command_name,
-            "allow_users",
-            "this peer may not run the command",
+            denied.rule(),
+            denied.to_string(),
         ));
     }
     // The child validated these already. A failure here means the child is broken or
