@@ -6,6 +6,7 @@
 //! them with [`channel::decode_child_message`], which bounds every length.
 #![forbid(unsafe_code)]
 
+pub mod call_names;
 pub mod channel;
 mod error;
 pub mod frame;
