@@ -8,6 +8,7 @@ mod listener;
 mod peer;
 mod pool;
 mod rate;
+mod redact;
 mod reuse;
 mod runner;
 mod session;
