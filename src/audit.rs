@@ -104,6 +104,20 @@ pub fn create_queue(prefix: &str) -> Result<AuditQueue, AuditError> {
     Ok(AuditQueue { receiver, sender })
 }
 
+/// Returns the time since `started` in milliseconds, computed from whole microseconds.
+/// Dividing a whole number below 2^53 by 1000 gives the double nearest to the exact
+/// quotient, so the value prints with at most three decimals (2.3, not
+/// 2.3000000000000003).
+pub fn elapsed_ms(started: Instant) -> f64 {
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    micros_to_ms(micros)
+}
+
+/// Converts whole microseconds to milliseconds; see [`elapsed_ms`].
+pub fn micros_to_ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
 fn read_sysctl(path: &str) -> Option<i64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -418,7 +432,7 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
         .map(|exe| exe.display().to_string())
         .unwrap_or_default();
     let request_id = plain_or_quoted(&event.request_id);
-    let duration_ms = event.duration_us as f64 / 1000.0;
+    let duration_ms = micros_to_ms(event.duration_us);
     if event.dropped > 0 {
         tracing::warn!(
             peer_uid,
@@ -493,6 +507,19 @@ mod tests {
             outcome: "ok".to_string(),
             detail: String::new(),
             request_id: "00000000000000ab-1".to_string(),
+        }
+    }
+
+    #[test]
+    fn micros_to_ms_prints_at_most_three_decimals() {
+        assert_eq!(micros_to_ms(2300).to_string(), "2.3");
+        assert_eq!(micros_to_ms(0).to_string(), "0");
+        for micros in (0..200_000).chain(u64::MAX - 1000..u64::MAX) {
+            let text = micros_to_ms(micros).to_string();
+            let decimals = text
+                .split_once('.')
+                .map_or(0, |(_, fraction)| fraction.len());
+            assert!(decimals <= 3, "{micros} us printed as {text}");
         }
     }
 

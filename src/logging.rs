@@ -8,6 +8,7 @@
 //! with a length prefix, so no value can start another field or entry.
 #![forbid(unsafe_code)]
 
+pub(crate) mod json_fields;
 mod syslog_writer;
 
 use std::fs::OpenOptions;
@@ -119,7 +120,11 @@ where
         .with_thread_ids(false)
         .with_writer(writer);
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .map_event_format(json_fields::ObjectArguments::new)
+            .try_init(),
         LogFormat::Text => builder.with_ansi(ansi).try_init(),
     };
     result.map_err(|error| LoggingError::Install(error.to_string()))

@@ -120,4 +120,9 @@ fn python_varlink_client_runs_command() {
         "{}",
         output.describe()
     );
+    assert!(
+        output.stdout.contains("ok: unknown interface rejected"),
+        "{}",
+        output.describe()
+    );
 }

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use super::ChildSettings;
 use crate::audit::{AuditSender, Event, EventKind, PRIORITY_INFO, PRIORITY_WARN};
 use crate::policy::CommandSpec;
+use crate::protocol::call_names;
 use crate::protocol::channel::{self, ChildMessage, MonitorMessage};
 use crate::protocol::frame::{self, FrameError, FrameReader};
 use crate::protocol::varlink::{self, Request};
@@ -103,11 +104,12 @@ impl Session {
     pub fn serve(&mut self) {
         let mut reader = FrameReader::new(self.settings.max_frame_bytes);
         for _ in 0..self.settings.max_requests {
-            let deadline = Instant::now() + self.settings.request_timeout;
+            let waiting_since = Instant::now();
+            let deadline = waiting_since + self.settings.request_timeout;
             let frame = match reader.read_frame(self.client.as_fd(), deadline) {
                 Ok(frame) => frame,
                 Err(error) => {
-                    self.handle_frame_error(error);
+                    self.handle_frame_error(error, waiting_since);
                     return;
                 }
             };
@@ -155,37 +157,40 @@ impl Session {
         })
     }
 
-    fn handle_frame_error(&mut self, error: FrameError) {
-        match error {
-            FrameError::Closed => {}
+    /// Replies to a frame that is too large or incomplete at the deadline and records it
+    /// as a rejected request under a request id of its own. A connection that ends or
+    /// fails gets a protocol event only, because no reply can reach the client.
+    fn handle_frame_error(&mut self, error: FrameError, waiting_since: Instant) {
+        let rejection = match error {
+            FrameError::Closed => return,
             FrameError::ClosedMidFrame { received } => {
                 self.protocol_event("closed_mid_frame", &format!("{received} bytes received"));
+                return;
             }
-            FrameError::TooLarge { limit } => {
-                let error = BrokerError::new(
-                    ErrorKind::RequestTooLarge,
-                    "frame",
-                    "max_frame_bytes",
-                    format!("request frame exceeds the limit of {limit} bytes"),
-                );
-                self.write_error(&error);
-                self.protocol_event(error.varlink_name(), &error.message);
+            FrameError::Io(errno) => {
+                self.protocol_event("io_error", &errno.to_string());
+                return;
             }
+            FrameError::TooLarge { limit } => BrokerError::new(
+                ErrorKind::RequestTooLarge,
+                "frame",
+                "max_frame_bytes",
+                format!("request frame exceeds the limit of {limit} bytes"),
+            ),
             FrameError::TimedOut => {
                 let limit_ms = self.settings.request_timeout.as_millis();
-                let error = BrokerError::new(
+                BrokerError::new(
                     ErrorKind::TimedOut,
                     "frame",
                     "request_timeout_ms",
                     format!("no complete request within {limit_ms} ms"),
-                );
-                self.write_error(&error);
-                self.protocol_event(error.varlink_name(), &error.message);
+                )
             }
-            FrameError::Io(errno) => {
-                self.protocol_event("io_error", &errno.to_string());
-            }
-        }
+        };
+        self.requests += 1;
+        let rejection = rejection.with_request_id(self.request_id());
+        self.write_error(&rejection);
+        self.request_event("", "", &rejection, waiting_since);
     }
 
     /// Returns the id of the current request, for requests this child replies to itself:
@@ -205,7 +210,8 @@ impl Session {
             Err(error) => {
                 let error = error.with_request_id(self.request_id());
                 self.write_error(&error);
-                self.request_event("", "", &error, started);
+                let names = call_names::read_call_names(frame);
+                self.request_event(&names.method, &names.command, &error, started);
                 return Next::Continue;
             }
         };

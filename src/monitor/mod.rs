@@ -8,6 +8,8 @@ mod listener;
 mod peer;
 mod pool;
 mod rate;
+mod redact;
+mod rejection;
 mod reuse;
 mod runner;
 mod session;
@@ -30,6 +32,7 @@ use crate::audit::{self, SessionRegistry};
 use crate::child::ChildSettings;
 use crate::config::Config;
 use crate::policy::{self, Policy};
+use crate::protocol::{BrokerError, ErrorKind};
 use crate::sandbox;
 
 pub use listener::ListenerError;
@@ -566,6 +569,7 @@ fn accept_loop(
 }
 
 fn accept_one(shared: &Arc<Shared>, connection: OwnedFd, filter: &peer::PeerFilter) {
+    let accepted = Instant::now();
     let peer = match peer::read_peer(&connection) {
         Ok(peer) => peer,
         Err(error) => {
@@ -574,25 +578,40 @@ fn accept_one(shared: &Arc<Shared>, connection: OwnedFd, filter: &peer::PeerFilt
         }
     };
     if let Err(parameter) = filter.check(&peer) {
-        tracing::warn!(
-            peer_uid = peer.uid,
-            peer_gid = peer.gid,
-            peer_pid = peer.pid,
-            peer_exe = ?peer.exe,
+        let error = BrokerError::new(
+            ErrorKind::PermissionDenied,
+            "",
             parameter,
-            "peer rejected by the global filter; connection closed"
+            format!("this peer does not match the broker's {parameter} parameter"),
+        );
+        rejection::reject(
+            &connection,
+            &peer,
+            error,
+            accepted,
+            "peer rejected by the global filter; connection closed",
         );
         return;
     }
     let uid = peer.uid;
     if !shared.take_uid_slot(uid) {
-        tracing::warn!(
-            peer_uid = peer.uid,
-            peer_pid = peer.pid,
-            limit = shared.config.connections_per_uid(),
-            "peer uid holds max_connections_per_uid connections; connection refused with Busy"
+        let error = BrokerError::new(
+            ErrorKind::Busy,
+            "connections",
+            "max_connections_per_uid",
+            format!(
+                "this user already holds {} connections, its max_connections_per_uid. Try \
+                 again later",
+                shared.config.connections_per_uid()
+            ),
         );
-        send_canned_busy(&connection);
+        rejection::reject(
+            &connection,
+            &peer,
+            error,
+            accepted,
+            "peer uid holds max_connections_per_uid connections; connection rejected with Busy",
+        );
         return;
     }
     *lock(&shared.active) += 1;
@@ -610,17 +629,6 @@ fn accept_one(shared: &Arc<Shared>, connection: OwnedFd, filter: &peer::PeerFilt
         shared.release_uid_slot(uid);
         *lock(&shared.active) -= 1;
     }
-}
-
-/// Writes a fixed Busy error to a connection the monitor will not serve. The bytes are a
-/// constant: the monitor still reads nothing from the client.
-fn send_canned_busy(connection: &OwnedFd) {
-    const BUSY: &[u8] = b"{\"error\":\"org.securesocket.Broker.Busy\",\"parameters\":{\"field\":\"connections\",\"rule\":\"max_connections_per_uid\",\"message\":\"too many connections from this user; try again later\"}}\0";
-    let _ = nix::sys::socket::send(
-        std::os::fd::AsRawFd::as_raw_fd(connection),
-        BUSY,
-        nix::sys::socket::MsgFlags::MSG_DONTWAIT | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-    );
 }
 
 /// Stops accepting, removes the socket, gives running sessions the grace period, then

@@ -17,6 +17,7 @@ use nix::sys::socket::{ControlMessage, MsgFlags, Shutdown};
 
 use super::Shared;
 use super::pool::ParserChild;
+use super::redact;
 use super::reuse::{AssignedChild, Identity, NotCached};
 use super::runner::{self, RunRequest, RunResult};
 use crate::policy::{ArgValue, Peer, Policy};
@@ -447,12 +448,14 @@ fn handle_exec(
     };
     let result = check_and_run(shared, &policy, &request)
         .map_err(|error| error.with_request_id(request_id.clone()));
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let logged_arguments = policy
-        .commands
-        .get(command_name)
-        .map(|command| redact(command, arguments))
-        .unwrap_or_default();
+    let duration_ms = crate::audit::elapsed_ms(started);
+    let as_object = crate::logging::json_fields::arguments_as_object(&shared.config);
+    let logged_arguments = match policy.commands.get(command_name) {
+        Some(command) if as_object => redact::arguments_as_json(&command.spec, arguments),
+        Some(command) => redact::arguments_as_text(&command.spec, arguments),
+        None if as_object => "{}".to_string(),
+        None => String::new(),
+    };
     let peer_exe = peer
         .exe
         .as_ref()
@@ -524,31 +527,6 @@ fn describe_outcome(outcome: &channel::ExecOutcome) -> String {
     }
 }
 
-/// Renders arguments for the log as `name=value` pairs: strings through `Debug`, so that
-/// control characters are escaped, and sensitive values replaced by their length.
-fn redact(command: &crate::policy::Command, arguments: &[(String, ArgValue)]) -> String {
-    let mut rendered = String::new();
-    for (name, value) in arguments {
-        let sensitive = command
-            .spec
-            .arguments
-            .iter()
-            .any(|spec| &spec.name == name && spec.sensitive);
-        let shown = match value {
-            ArgValue::Str(text) if sensitive => format!("<redacted, {} bytes>", text.len()),
-            _ if sensitive => "<redacted>".to_string(),
-            ArgValue::Str(text) => format!("{text:?}"),
-            ArgValue::Int(number) => number.to_string(),
-            ArgValue::Bool(flag) => flag.to_string(),
-        };
-        if !rendered.is_empty() {
-            rendered.push(' ');
-        }
-        rendered.push_str(&format!("{}={shown}", name.escape_debug()));
-    }
-    rendered
-}
-
 fn check_and_run(
     shared: &Arc<Shared>,
     policy: &Policy,
@@ -570,12 +548,12 @@ fn check_and_run(
             "no such command",
         ));
     };
-    if !command.permits(peer) {
+    if let Err(denied) = command.permits(peer) {
         return Err(BrokerError::new(
             ErrorKind::PermissionDenied,
             command_name,
-            "allow_users",
-            "this peer may not run the command",
+            denied.rule(),
+            denied.to_string(),
         ));
     }
     // The child validated these already. A failure here means the child is broken or

@@ -16,8 +16,18 @@ pub struct Peer {
     /// Supplementary groups from SO_PEERGROUPS.
     pub groups: Vec<u32>,
     /// Executable of the peer process, read through its pidfd; `None` when it could not
-    /// be read (the process exited, or the kernel lacks SO_PEERPIDFD).
+    /// be read (the process exited, is not dumpable, or the kernel lacks SO_PEERPIDFD).
     pub exe: Option<PathBuf>,
+}
+
+impl Peer {
+    /// Returns the executable path for the log, empty when it could not be read.
+    pub fn exe_text(&self) -> String {
+        self.exe
+            .as_ref()
+            .map(|exe| exe.display().to_string())
+            .unwrap_or_default()
+    }
 }
 
 /// A typed, validated argument value.
@@ -279,22 +289,54 @@ impl Command {
         Duration::from_millis(self.spec.timeout_ms)
     }
 
-    /// Returns whether `peer` may run this command: its uid is listed, or its primary or
+    /// Checks whether `peer` may run this command: its uid is listed, or its primary or
     /// one of its supplementary groups is, and, when executables are listed, its
-    /// executable is one of them.
-    pub fn permits(&self, peer: &Peer) -> bool {
+    /// executable is one of them. The error names the rule that rejects the peer.
+    pub fn permits(&self, peer: &Peer) -> Result<(), PermissionError> {
         let by_user = self.allow_users.contains(&peer.uid);
         let by_group = self.allow_groups.contains(&peer.gid)
             || peer.groups.iter().any(|g| self.allow_groups.contains(g));
         if !(by_user || by_group) {
-            return false;
+            return Err(PermissionError::UserNotAllowed);
         }
         if self.allow_executables.is_empty() {
-            return true;
+            return Ok(());
         }
         match &peer.exe {
-            Some(exe) => self.allow_executables.iter().any(|allowed| allowed == exe),
-            None => false,
+            Some(exe) if self.allow_executables.contains(exe) => Ok(()),
+            Some(exe) => Err(PermissionError::ExecutableNotAllowed(exe.clone())),
+            None => Err(PermissionError::ExecutableUnreadable),
+        }
+    }
+}
+
+/// Reason why a peer may not run a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PermissionError {
+    #[error("neither the peer's uid nor its groups are in allow_users or allow_groups")]
+    UserNotAllowed,
+    #[error("the peer's executable {} is not in allow_executables", .0.display())]
+    ExecutableNotAllowed(PathBuf),
+    /// The monitor could not read /proc/PID/exe: the process exited, or it is not
+    /// dumpable. The kernel clears the dumpable flag when a process changes its uid, as
+    /// php-fpm workers do, and then only CAP_SYS_PTRACE, which the monitor lacks, can
+    /// read the link.
+    #[error(
+        "the broker could not read the peer's executable, so it cannot match \
+         allow_executables. A process that changed its uid or cleared its dumpable flag \
+         hides its executable from the broker"
+    )]
+    ExecutableUnreadable,
+}
+
+impl PermissionError {
+    /// Returns the policy key whose check failed.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            PermissionError::UserNotAllowed => "allow_users",
+            PermissionError::ExecutableNotAllowed(_) | PermissionError::ExecutableUnreadable => {
+                "allow_executables"
+            }
         }
     }
 }
@@ -351,7 +393,7 @@ impl Policy {
     pub fn specs_for(&self, peer: &Peer) -> Vec<CommandSpec> {
         self.commands
             .values()
-            .filter(|command| command.permits(peer))
+            .filter(|command| command.permits(peer).is_ok())
             .map(|command| command.spec.clone())
             .collect()
     }

@@ -93,16 +93,12 @@ impl BrokerError {
     }
 
     /// Returns the varlink error parameters, matching the error declarations in the
-    /// interface description. Errors of org.securesocket.Broker carry the request id
-    /// when there is one; the org.varlink.service errors keep their standard shape.
+    /// interface description, plus `request_id` when the error has one. The
+    /// org.varlink.service errors do not declare `request_id`, and the Python `varlink`
+    /// package 31.0 ignores it there (tests/python_client.rs checks InterfaceNotFound).
     pub fn varlink_parameters(&self) -> Value {
         let mut parameters = self.declared_parameters();
-        let broker_error = !matches!(
-            self.kind,
-            ErrorKind::MethodNotFound | ErrorKind::InterfaceNotFound | ErrorKind::InvalidParameter
-        );
-        if broker_error
-            && !self.request_id.is_empty()
+        if !self.request_id.is_empty()
             && let Some(object) = parameters.as_object_mut()
         {
             object.insert("request_id".to_string(), json!(self.request_id));

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod base64;
+pub mod call_names;
 pub mod channel;
 mod error;
 pub mod frame;

@@ -92,6 +92,15 @@ def main():
             )
             print("ok: unknown command rejected")
 
+        # The broker adds request_id to the standard errors, which do not declare it.
+        # The package must still raise the standard error with its declared member.
+        expect_error(
+            lambda: client.get_interface("org.example.Missing"),
+            "org.varlink.service.InterfaceNotFound",
+            interface="org.example.Missing",
+        )
+        print("ok: unknown interface rejected")
+
 
 if __name__ == "__main__":
     try:
