@@ -246,6 +246,8 @@ fn global_filter_rejection_has_record() {
     let request_id = error_request_id(&reply, "org.securesocket.Broker.PermissionDenied");
     let message = parameters(&reply)["message"].as_str().unwrap_or_default();
     assert!(message.contains("authorised_peer_uid"), "reply: {reply}");
+    let rule = &parameters(&reply)["rule"];
+    assert_eq!(rule, &json!("authorised_peer_uid"), "reply: {reply}");
     assert!(connection.is_closed_by_peer(), "connection left open");
 
     let record = record_of(&fixture, &request_id);
@@ -604,6 +606,8 @@ fn other_executable_names_allow_executables() {
         message.contains("not in allow_executables"),
         "reply: {reply}"
     );
+    let rule = &parameters(&reply)["rule"];
+    assert_eq!(rule, &json!("allow_executables"), "reply: {reply}");
     let record = record_of(&fixture, &request_id);
     assert_eq!(record["rule"], json!("allow_executables"), "{record}");
     assert_eq!(record["peer_exe"], json!(client), "{record}");

@@ -108,8 +108,11 @@ impl BrokerError {
 
     fn declared_parameters(&self) -> Value {
         match self.kind {
-            ErrorKind::UnknownCommand | ErrorKind::PermissionDenied => {
+            ErrorKind::UnknownCommand => {
                 json!({ "command": self.field, "message": self.message })
+            }
+            ErrorKind::PermissionDenied => {
+                json!({ "command": self.field, "rule": self.rule, "message": self.message })
             }
             ErrorKind::InvalidArgument => {
                 json!({ "argument": self.field, "rule": self.rule, "message": self.message })

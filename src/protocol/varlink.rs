@@ -157,8 +157,10 @@ method Describe(command: string) -> (command: CommandInfo)
 # may not run, so that introspection shows nothing beyond the caller's own commands.
 error UnknownCommand (command: string, message: string, request_id: ?string)
 
-# Run of a command that exists but that the caller may not run.
-error PermissionDenied (command: string, message: string, request_id: ?string)
+# Run of a command that exists but that the caller may not run, or a connection from a
+# peer that the broker's authorised_peer_* filter excludes (command is then empty). rule
+# is allow_users, allow_executables or the filter parameter.
+error PermissionDenied (command: string, rule: string, message: string, request_id: ?string)
 
 # An argument breaks a rule of the command's policy. rule is one of unknown, required,
 # duplicate, type, nul, control, newline, leading_dash, max_length, pattern, charset,
