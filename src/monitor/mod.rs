@@ -29,6 +29,7 @@ use nix::unistd::User;
 use crate::audit::{self, SessionRegistry};
 use crate::child::ChildSettings;
 use crate::config::Config;
+use crate::logging;
 use crate::policy::{self, Policy};
 use crate::sandbox;
 
@@ -185,7 +186,8 @@ impl Shared {
         let killed = self.children.invalidate();
         tracing::info!(
             killed,
-            "cached parser children killed after SIGHUP; children serving a connection exit              at its end"
+            "cached parser children killed after SIGHUP; children serving a connection exit \
+             at its end"
         );
     }
 
@@ -248,6 +250,24 @@ fn warn_about_shared_uid(policy: &Policy, unprivileged_uid: u32, config: &Config
             uid = unprivileged_uid,
             "authorised_peer_uid is unprivileged_user; use a dedicated unprivileged_user"
         );
+    }
+}
+
+/// Reopens log_file by its path, so that a rotation that renamed the file takes effect.
+/// After a failure the log keeps going to the file opened before.
+fn reopen_log_file() {
+    match logging::reopen_log_file() {
+        Ok(Some(path)) => {
+            tracing::info!(path = %path.display(), "log file reopened after SIGHUP");
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(
+                error = %logging::format_error_chain(&error),
+                "failed to reopen the log file after SIGHUP; still writing to the file \
+                 opened before"
+            );
+        }
     }
 }
 
@@ -502,7 +522,11 @@ fn handle_signals(signals: SigSet, shared: &Arc<Shared>, wake: OwnedFd) {
             }
         };
         match signal {
-            Signal::SIGHUP => shared.reload_policy(),
+            Signal::SIGHUP => {
+                // The log file first, so that the reload's own events go to the new file.
+                reopen_log_file();
+                shared.reload_policy();
+            }
             _ => {
                 tracing::info!(signal = %signal, "shutting down");
                 shared.shutting_down.store(true, Ordering::Relaxed);
