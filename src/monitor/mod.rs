@@ -75,6 +75,31 @@ pub enum MonitorError {
     },
 }
 
+impl MonitorError {
+    /// Returns whether the error comes from the parameters, the policy, or the users and
+    /// files they name, so that a restart fails the same way until the administrator
+    /// changes something. A missing sandbox layer counts, because sandbox=strict requires
+    /// it.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            MonitorError::NotRoot(_)
+            | MonitorError::UnknownUser { .. }
+            | MonitorError::Conflict(_)
+            | MonitorError::Policy { .. } => true,
+            MonitorError::Sandbox(error) => {
+                matches!(error, sandbox::SandboxError::MissingKernelSupport { .. })
+            }
+            MonitorError::Listener(error) => error.is_configuration(),
+            MonitorError::UserLookup { .. }
+            | MonitorError::Audit(_)
+            | MonitorError::Pool(_)
+            | MonitorError::Signals(_)
+            | MonitorError::Pipe(_)
+            | MonitorError::Thread { .. } => false,
+        }
+    }
+}
+
 /// State shared by the accept loop, the session threads and the signal thread.
 pub(crate) struct Shared {
     config: Config,
