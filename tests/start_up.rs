@@ -6,9 +6,15 @@
 
 mod common;
 
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
 use secure_socket::config::Config;
 
-use common::{Fixture, broker_arguments, run_broker_to_exit};
+use common::{
+    Broker, Fixture, WWW_DATA, broker_arguments, run_broker_to_exit, run_client_as, wait_for,
+};
 
 const POLICY: &str = r#"
 [command.greet]
@@ -33,6 +39,9 @@ const EXIT_CONFIG: i32 = 78;
 
 /// Exit status of a start that failed for another reason.
 const EXIT_START_FAILED: i32 = 1;
+
+/// A uid with no entry in /etc/passwd on the test machine.
+const UID_WITHOUT_USER: u32 = 4242;
 
 fn fixture_with_policy() -> Fixture {
     let fixture = Fixture::new();
@@ -172,6 +181,46 @@ fn unreachable_syslog_exits_with_start_failure() {
         "{}",
         output.describe()
     );
+}
+
+#[test]
+fn authorised_peer_uid_sets_socket_group() {
+    let fixture = fixture_with_policy();
+    let uid = WWW_DATA.uid.to_string();
+    let _broker = Broker::start(
+        &fixture,
+        &[
+            ("authorised_peer_uid", &uid),
+            ("socket_permissions", "0660"),
+        ],
+    );
+
+    let metadata = fs::metadata(fixture.socket_path()).unwrap();
+    assert_eq!(metadata.gid(), WWW_DATA.gid);
+    assert_eq!(metadata.mode() & 0o777, 0o660);
+    let output = run_client_as(&fixture, WWW_DATA, &["call", "greet"]);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert!(output.stdout.contains("hello"), "{}", output.describe());
+}
+
+#[test]
+fn authorised_peer_uid_without_user_warns() {
+    let fixture = fixture_with_policy();
+    let uid = UID_WITHOUT_USER.to_string();
+    let _broker = Broker::start(&fixture, &[("authorised_peer_uid", &uid)]);
+
+    let metadata = fs::metadata(fixture.socket_path()).unwrap();
+    assert_eq!(metadata.gid(), 0);
+    assert!(wait_for(Duration::from_secs(5), || fixture
+        .log()
+        .contains("broker started")));
+    let log = fixture.log();
+    let warning = log
+        .lines()
+        .find(|line| line.contains("WARN") && line.contains("authorised_peer_uid"))
+        .unwrap_or_else(|| panic!("no warning naming authorised_peer_uid:\n{log}"));
+    assert!(warning.contains("authorised_peer_gid"), "{warning}");
+    assert!(warning.contains(&uid), "{warning}");
 }
 
 /// Returns the keys of the start-up banner's effective parameters for `arguments`.

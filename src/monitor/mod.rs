@@ -296,6 +296,49 @@ fn reopen_log_file() {
     }
 }
 
+/// Returns the group of the socket file: authorised_peer_gid, else the primary group of
+/// authorised_peer_username or of authorised_peer_uid, else root. Without it a socket
+/// limited to one peer would stay unusable by that peer under socket_permissions=0660.
+/// A uid without a user entry has no primary group, so the group stays root with a
+/// warning.
+fn socket_group(config: &Config, username_user: Option<&User>) -> Result<u32, MonitorError> {
+    if let Some(gid) = config.authorised_peer_gid {
+        return Ok(gid);
+    }
+    if let Some(user) = username_user {
+        return Ok(user.gid.as_raw());
+    }
+    let Some(uid) = config.authorised_peer_uid else {
+        return Ok(0);
+    };
+    let user = User::from_uid(nix::unistd::Uid::from_raw(uid)).map_err(|source| {
+        MonitorError::UserLookup {
+            name: uid.to_string(),
+            source,
+        }
+    })?;
+    match user {
+        Some(user) => {
+            tracing::info!(
+                authorised_peer_uid = uid,
+                socket_gid = user.gid.as_raw(),
+                "the socket's group is the primary group of authorised_peer_uid"
+            );
+            Ok(user.gid.as_raw())
+        }
+        None => {
+            tracing::warn!(
+                authorised_peer_uid = uid,
+                socket_permissions = format!("{:04o}", config.socket_permissions),
+                "authorised_peer_uid has no user entry, so the socket's group stays root and \
+                 that uid can connect only if socket_permissions lets others write; set \
+                 authorised_peer_gid to give the socket a group"
+            );
+            Ok(0)
+        }
+    }
+}
+
 /// Logs each policy error as its own event, with file, line and key as fields.
 fn log_policy_errors(error: &policy::LoadError) {
     for entry in &error.errors {
@@ -370,10 +413,11 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
             user.name, user.uid
         )));
     }
-    let socket_gid = config
-        .authorised_peer_gid
-        .or(username_user.as_ref().map(|user| user.gid.as_raw()))
-        .unwrap_or(0);
+    // A socket passed by the service manager keeps the group the manager gave it.
+    let socket_gid = match activated {
+        Some(_) => 0,
+        None => socket_group(&config, username_user.as_ref())?,
+    };
 
     let policy = match policy::load_dir(&config.policy_dir) {
         Ok(policy) => policy,
