@@ -374,14 +374,19 @@ fn stderr_is_journal_stream() -> bool {
     let Ok(value) = std::env::var("JOURNAL_STREAM") else {
         return false;
     };
-    let Some((device, inode)) = value.split_once(':') else {
-        return false;
-    };
     let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
         return false;
     };
-    device.parse::<u64>().ok() == Some(stat.st_dev)
-        && inode.parse::<u64>().ok() == Some(stat.st_ino)
+    names_stream(&value, stat.st_dev, stat.st_ino)
+}
+
+/// Returns whether a JOURNAL_STREAM value, `DEVICE:INODE` in decimal, names the file with
+/// `device` and `inode`.
+fn names_stream(journal_stream: &str, device: u64, inode: u64) -> bool {
+    let Some((device_text, inode_text)) = journal_stream.split_once(':') else {
+        return false;
+    };
+    device_text.parse::<u64>().ok() == Some(device) && inode_text.parse::<u64>().ok() == Some(inode)
 }
 
 /// Formats `error` followed by each error of its source chain, joined by ": ".
@@ -394,4 +399,37 @@ pub fn format_error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_matches_device_and_inode() {
+        assert!(names_stream("64768:1234", 64768, 1234));
+        assert!(!names_stream("64768:1235", 64768, 1234));
+        assert!(!names_stream("64769:1234", 64768, 1234));
+    }
+
+    #[test]
+    fn malformed_journal_stream_matches_nothing() {
+        for value in ["", "64768", "64768:", ":1234", "a:b", "64768:1234:5"] {
+            assert!(!names_stream(value, 64768, 1234), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_every_cause() {
+        let error = LoggingError::Open {
+            path: "/var/log/broker.log".to_string(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let text = format_error_chain(&error);
+        assert!(
+            text.starts_with("failed to open log file /var/log/broker.log: "),
+            "{text}"
+        );
+        assert!(text.contains("Permission denied"), "{text}");
+    }
 }
