@@ -150,6 +150,11 @@ pub enum ConfigError {
 pub struct ParameterDoc {
     pub key: &'static str,
     pub default: &'static str,
+    /// Unit of the value, such as "milliseconds", or "" for a count or a name.
+    pub unit: &'static str,
+    /// Smallest and largest value accepted, for the parameters that parse to a number in
+    /// a range.
+    pub range: Option<(u64, u64)>,
     pub help: &'static str,
 }
 
@@ -158,146 +163,231 @@ pub const PARAMETERS: &[ParameterDoc] = &[
     ParameterDoc {
         key: "socket_path",
         default: "/run/secure_socket/broker.sock",
+        unit: "",
+        range: None,
         help: "absolute path of the listening unix socket",
     },
     ParameterDoc {
         key: "policy_dir",
         default: "/etc/secure_socket/policy.d",
+        unit: "",
+        range: None,
         help: "directory whose *.toml files define the commands (root-owned)",
     },
     ParameterDoc {
         key: "unprivileged_user",
         default: "nobody",
+        unit: "",
+        range: None,
         help: "user the parser children run as (name or uid, not root)",
     },
     ParameterDoc {
         key: "log_destination",
         default: "file when log_file is set, else stderr",
+        unit: "",
+        range: None,
         help: "stderr, file (log_file), journald (native journal fields) or syslog (syslog_socket)",
     },
     ParameterDoc {
         key: "log_file",
         default: "(none)",
-        help: "absolute path of the log file to append to, which selects log_destination=file",
+        unit: "",
+        range: None,
+        help: "absolute path of the log file to append to, which selects log_destination=file; \
+               a regular file owned by root, in directories only root can write",
     },
     ParameterDoc {
         key: "syslog_socket",
         default: DEFAULT_SYSLOG_SOCKET,
+        unit: "",
+        range: None,
         help: "absolute path of the syslog daemon's socket, for log_destination=syslog",
     },
     ParameterDoc {
         key: "verbosity",
         default: "info",
+        unit: "",
+        range: None,
         help: "error, warn, info, debug or trace (or 0 to 4)",
     },
     ParameterDoc {
         key: "log_format",
         default: "text",
+        unit: "",
+        range: None,
         help: "text (one readable line per event) or json (one JSON object per line), not with journald",
     },
     ParameterDoc {
         key: "mq_name",
         default: "/secure_socket",
-        help: "prefix of the audit message queue name; a random suffix is added",
+        unit: "",
+        range: None,
+        help: "prefix of the audit message queue name: / and 1 to 200 letters, digits, \
+               '_', '-' or '.'; a random suffix is added",
     },
     ParameterDoc {
         key: "domain",
         default: "unix",
+        unit: "",
+        range: None,
         help: "socket domain; only unix (AF_UNIX) is supported",
     },
     ParameterDoc {
         key: "protocol",
         default: "stream",
+        unit: "",
+        range: None,
         help: "socket type; only stream (SOCK_STREAM, as varlink requires)",
     },
     ParameterDoc {
         key: "max_connections",
         default: "64",
-        help: "connections served at once and the listen backlog (1 to 4096)",
+        unit: "",
+        range: Some((1, 4096)),
+        help: "connections served at once and the listen backlog",
     },
     ParameterDoc {
         key: "max_connections_per_uid",
         default: "half of max_connections",
+        unit: "",
+        range: Some((1, 4096)),
         help: "connections one peer uid may hold at once; more get a Busy error",
     },
     ParameterDoc {
         key: "socket_permissions",
         default: "0660",
-        help: "octal mode of the socket file (at most 0777)",
+        unit: "",
+        range: None,
+        help: "octal mode of the socket file, from 0600 to 0777; the owner bits must be rw",
     },
     ParameterDoc {
         key: "authorised_peer_username",
         default: "(any)",
-        help: "only this user may connect; also sets the socket's group",
+        unit: "",
+        range: None,
+        help: "only this user (name or uid, 1 to 32 characters) may connect; the socket's \
+               group becomes the user's primary group",
     },
     ParameterDoc {
         key: "authorised_peer_uid",
         default: "(any)",
-        help: "only this uid may connect",
+        unit: "",
+        range: None,
+        help: "only this uid (0 to 4294967294, not 65535) may connect; without \
+               authorised_peer_gid the socket's group becomes the uid's primary group",
     },
     ParameterDoc {
         key: "authorised_peer_gid",
         default: "(any)",
-        help: "only peers with this primary gid may connect; also the socket's group",
+        unit: "",
+        range: None,
+        help: "only peers with this primary gid (0 to 4294967294, not 65535) may connect; \
+               also the socket's group",
     },
     ParameterDoc {
         key: "authorised_peer_pid",
         default: "(any)",
+        unit: "",
+        range: Some((1, 4_194_304)),
         help: "only this process id may connect",
     },
     ParameterDoc {
         key: "authorised_peer_process_name",
         default: "(any)",
-        help: "only peers whose executable has this file name may connect",
+        unit: "",
+        range: None,
+        help: "only peers whose executable has this file name (1 to 255 bytes, no '/') \
+               may connect",
     },
     ParameterDoc {
         key: "pool_size",
         default: "4",
-        help: "parser children started ahead of connections (1 to 256)",
+        unit: "",
+        range: Some((1, 256)),
+        help: "parser children started ahead of connections",
     },
     ParameterDoc {
         key: "request_timeout_ms",
         default: "10000",
-        help: "milliseconds a client has to send one request or read one reply",
+        unit: "milliseconds",
+        range: Some((10, 3_600_000)),
+        help: "time a client has to send one request or read one reply",
     },
     ParameterDoc {
         key: "max_frame_bytes",
         default: "65536",
-        help: "largest request frame in bytes (1024 to 1048576)",
+        unit: "bytes",
+        range: Some((1024, 1_048_576)),
+        help: "largest request frame",
     },
     ParameterDoc {
         key: "max_requests_per_connection",
         default: "100",
+        unit: "",
+        range: Some((1, 1_000_000)),
         help: "requests served on one connection before it is closed",
     },
     ParameterDoc {
         key: "max_connections_per_child",
         default: "32",
+        unit: "",
+        range: Some((0, 1_000_000)),
         help: "connections one parser child serves in total, all of the same peer \
                identity (uid, gid, groups, executable); 0 or 1 turns reuse off",
     },
     ParameterDoc {
         key: "max_cached_children",
         default: "16",
+        unit: "",
+        range: Some((0, 1024)),
         help: "parser children kept waiting for the next connection of the identity they \
-               served (0 to 1024)",
+               served",
     },
     ParameterDoc {
         key: "cached_child_idle_ms",
         default: "10000",
-        help: "milliseconds a cached parser child waits for a connection before it is killed",
+        unit: "milliseconds",
+        range: Some((10, 3_600_000)),
+        help: "time a cached parser child waits for a connection before it is killed",
     },
     ParameterDoc {
         key: "shutdown_grace_ms",
         default: "5000",
-        help: "milliseconds running scripts get after SIGTERM before they are killed",
+        unit: "milliseconds",
+        range: Some((0, 600_000)),
+        help: "time running scripts get after SIGTERM before they are killed",
     },
     ParameterDoc {
         key: "sandbox",
         default: "strict",
+        unit: "",
+        range: None,
         help: "strict: refuse to start without landlock and seccomp; best-effort: warn",
     },
 ];
+
+/// Returns one `--help` line per parameter: its key, what it sets, and in brackets the
+/// accepted range and unit where the parser enforces one, and the default.
+pub fn parameters_help() -> String {
+    let mut text = String::new();
+    for parameter in PARAMETERS {
+        let mut details = Vec::new();
+        match (parameter.range, parameter.unit) {
+            (Some((min, max)), "") => details.push(format!("{min} to {max}")),
+            (Some((min, max)), unit) => details.push(format!("{min} to {max} {unit}")),
+            (None, "") => {}
+            (None, unit) => details.push(unit.to_string()),
+        }
+        details.push(format!("default: {}", parameter.default));
+        text.push_str(&format!(
+            "  {:<30} {} ({})\n",
+            parameter.key,
+            parameter.help,
+            details.join("; ")
+        ));
+    }
+    text
+}
 
 impl Config {
     /// Parses `key=value` arguments on top of the defaults.
@@ -1010,6 +1100,46 @@ mod tests {
             );
         }
         assert_eq!(PARAMETERS.len(), arguments.len());
+    }
+
+    #[test]
+    fn documented_ranges_match_parser() {
+        for parameter in PARAMETERS {
+            let Some((min, max)) = parameter.range else {
+                continue;
+            };
+            let key = parameter.key;
+            for accepted in [min, max] {
+                let value = accepted.to_string();
+                let result = Config::default().set(key, &value);
+                assert!(result.is_ok(), "{key}={value} rejected: {result:?}");
+            }
+            let mut rejected = vec![max + 1];
+            if min > 0 {
+                rejected.push(min - 1);
+            }
+            for value in rejected {
+                let value = value.to_string();
+                let result = Config::default().set(key, &value);
+                assert!(result.is_err(), "{key}={value} accepted");
+            }
+        }
+    }
+
+    #[test]
+    fn help_gives_range_and_unit() {
+        let help = parameters_help();
+        for parameter in PARAMETERS {
+            let line = help
+                .lines()
+                .find(|line| line.split_whitespace().next() == Some(parameter.key))
+                .unwrap_or_else(|| panic!("{} missing from help:\n{help}", parameter.key));
+            assert!(line.contains("default: "), "{line}");
+            if let Some((min, max)) = parameter.range {
+                assert!(line.contains(&format!("{min} to {max}")), "{line}");
+            }
+            assert!(line.contains(parameter.unit), "{line}");
+        }
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! [`protocol`] (varlink client protocol and the monitor/child channel), [`monitor`]
 //! (listener, peer identity, child pool, script runner), [`child`] (the parser child),
 //! [`sandbox`] (privilege drop, landlock, seccomp, capabilities), [`audit`] (events over
-//! the POSIX message queue), [`logging`], [`client`] (the command-line client) and [`sys`]
-//! (raw system calls that the libraries do not wrap).
+//! the POSIX message queue), [`logging`], [`client`] (the command-line client), [`trust`]
+//! (ownership checks on the directories above trusted files) and [`sys`] (raw system
+//! calls that the libraries do not wrap).
 
 pub mod audit;
 pub mod child;
@@ -21,3 +22,4 @@ pub mod policy;
 pub mod protocol;
 pub mod sandbox;
 pub mod sys;
+pub mod trust;

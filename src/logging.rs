@@ -11,10 +11,12 @@
 pub(crate) mod json_fields;
 mod syslog_writer;
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
-use std::sync::Mutex;
+use std::fs::{File, FileType, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tracing_journald::{Priority, PriorityMappings};
 use tracing_subscriber::Layer;
@@ -23,6 +25,7 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::config::{Config, LogDestination, LogFormat};
+use crate::trust;
 
 /// Native socket of systemd-journald. tracing-journald 0.3 sends to this fixed path.
 pub const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
@@ -43,6 +46,30 @@ pub enum LoggingError {
          others (owner uid {uid}, mode {mode:o})"
     )]
     UnsafeFile { path: String, uid: u32, mode: u32 },
+    #[error(
+        "log file {path} rejected: every directory above it must be owned by root and not \
+         writable by group or others, but {reason}"
+    )]
+    UnsafeDirectory { path: String, reason: String },
+    #[error(
+        "log file {path} rejected: it is a symbolic link, which is not followed; name the \
+         file itself"
+    )]
+    SymbolicLink { path: String },
+    #[error("log file {path} rejected: it is a {kind}, not a regular file")]
+    NotRegularFile { path: String, kind: &'static str },
+    #[error("failed to inspect log file {path}")]
+    Inspect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to clear O_NONBLOCK on log file {path}")]
+    ClearNonBlocking {
+        path: String,
+        #[source]
+        source: nix::Error,
+    },
     #[error("log_destination=file requires log_file")]
     MissingLogFile,
     #[error(
@@ -83,8 +110,12 @@ pub fn init(config: &Config) -> Result<(), LoggingError> {
             let Some(path) = config.log_file.as_deref() else {
                 return Err(LoggingError::MissingLogFile);
             };
-            let file = open_log_file(path)?;
-            install_lines(level, format, Mutex::new(file), false)
+            let log_file = LogFile {
+                path: path.to_path_buf(),
+                file: Mutex::new(open_log_file(path)?),
+            };
+            let log_file = LOG_FILE.get_or_init(|| log_file);
+            install_lines(level, format, log_file, false)
         }
         LogDestination::Syslog => {
             let writer = syslog_writer::SyslogMakeWriter::connect(&config.syslog_socket).map_err(
@@ -159,29 +190,251 @@ fn journald_layer() -> Result<tracing_journald::Layer, LoggingError> {
         .with_priority_mappings(priorities))
 }
 
-/// Opens the log file for appending, refusing one that another user could alter.
-fn open_log_file(path: &Path) -> Result<std::fs::File, LoggingError> {
+impl LoggingError {
+    /// Returns whether the error comes from the parameters or from the files they name, so
+    /// that a restart fails the same way until the administrator changes something.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            LoggingError::UnsafeFile { .. }
+            | LoggingError::UnsafeDirectory { .. }
+            | LoggingError::SymbolicLink { .. }
+            | LoggingError::NotRegularFile { .. }
+            | LoggingError::MissingLogFile => true,
+            LoggingError::Open { .. }
+            | LoggingError::Inspect { .. }
+            | LoggingError::ClearNonBlocking { .. }
+            | LoggingError::ConnectJournald { .. }
+            | LoggingError::ConnectSyslog { .. }
+            | LoggingError::Install(_) => false,
+        }
+    }
+}
+
+/// The file that log_destination=file appends to, and the path it was opened from.
+struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+/// The log file, kept so that SIGHUP can reopen it. It is global because the subscriber
+/// that writes to it is global too.
+static LOG_FILE: OnceLock<LogFile> = OnceLock::new();
+
+impl LogFile {
+    fn lock(&self) -> MutexGuard<'_, File> {
+        self.file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Writes one event to the log file while holding its lock, so that a reopen takes
+/// effect between two events and never splits one.
+struct LogFileWriter<'file>(MutexGuard<'file, File>);
+
+impl Write for LogFileWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write(bytes)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl MakeWriter<'_> for &'static LogFile {
+    type Writer = LogFileWriter<'static>;
+
+    fn make_writer(&self) -> Self::Writer {
+        LogFileWriter(self.lock())
+    }
+}
+
+/// Reopens log_file by its path, with the checks of the first open, and swaps the new file
+/// in between two events. Returns the path, or `Ok(None)` when the log does not go to a
+/// file. On error the log keeps going to the file opened before.
+///
+/// logrotate's default rotation renames the file and creates a new one, so the broker has
+/// to reopen the path to write to the new file.
+pub fn reopen_log_file() -> Result<Option<&'static Path>, LoggingError> {
+    let Some(log_file) = LOG_FILE.get() else {
+        return Ok(None);
+    };
+    let file = open_log_file(&log_file.path)?;
+    let previous = std::mem::replace(&mut *log_file.lock(), file);
+    drop(previous);
+    Ok(Some(&log_file.path))
+}
+
+/// Opens the log file for appending. The file must be a regular file, and it and every
+/// directory above it must be owned by root and not writable by group or others. Another
+/// user who could write the file or replace it could forge or erase audit records.
+fn open_log_file(path: &Path) -> Result<File, LoggingError> {
+    let path_text = || path.display().to_string();
+    // The directories are checked before the open, which may create the file in them.
+    let problems = trust::check_ancestors(path);
+    if !problems.is_empty() {
+        return Err(LoggingError::UnsafeDirectory {
+            path: path_text(),
+            reason: problems.join("; "),
+        });
+    }
+    // O_NONBLOCK keeps the open of a FIFO from waiting for a reader. std adds O_CLOEXEC.
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
-        .map_err(|source| LoggingError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-    // Another user who can write the log could forge or erase audit records.
-    let metadata = file.metadata().map_err(|source| LoggingError::Open {
-        path: path.display().to_string(),
+        .map_err(|source| describe_open_error(path, source))?;
+    let metadata = file.metadata().map_err(|source| LoggingError::Inspect {
+        path: path_text(),
         source,
     })?;
-    if metadata.uid() != 0 || metadata.mode() & 0o022 != 0 {
+    if !metadata.is_file() {
+        return Err(LoggingError::NotRegularFile {
+            path: path_text(),
+            kind: describe_file_type(metadata.file_type()),
+        });
+    }
+    if metadata.uid() != 0 || metadata.mode() & trust::WRITE_BY_GROUP_OR_OTHERS != 0 {
         return Err(LoggingError::UnsafeFile {
-            path: path.display().to_string(),
+            path: path_text(),
             uid: metadata.uid(),
             mode: metadata.mode() & 0o7777,
         });
     }
+    clear_non_blocking(&file).map_err(|source| LoggingError::ClearNonBlocking {
+        path: path_text(),
+        source,
+    })?;
     Ok(file)
+}
+
+/// Turns a failed open into the rule it broke where there is one. A FIFO without a reader
+/// and a unix socket both fail with ENXIO, and a directory with EISDIR.
+fn describe_open_error(path: &Path, source: std::io::Error) -> LoggingError {
+    let path_text = path.display().to_string();
+    match source.raw_os_error() {
+        Some(libc::ELOOP) => LoggingError::SymbolicLink { path: path_text },
+        Some(libc::ENXIO | libc::EISDIR) => match std::fs::symlink_metadata(path) {
+            Ok(metadata) => LoggingError::NotRegularFile {
+                path: path_text,
+                kind: describe_file_type(metadata.file_type()),
+            },
+            Err(_) => LoggingError::Open {
+                path: path_text,
+                source,
+            },
+        },
+        _ => LoggingError::Open {
+            path: path_text,
+            source,
+        },
+    }
+}
+
+fn describe_file_type(file_type: FileType) -> &'static str {
+    if file_type.is_dir() {
+        "directory"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_socket() {
+        "socket"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+}
+
+/// Clears O_NONBLOCK, so that a write to a full disk or a slow filesystem waits instead of
+/// failing with EAGAIN.
+fn clear_non_blocking(file: &File) -> nix::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let flags = OFlag::from_bits_retain(fcntl(file.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(
+        file.as_fd(),
+        FcntlArg::F_SETFL(flags.difference(OFlag::O_NONBLOCK)),
+    )?;
+    Ok(())
+}
+
+/// Returns whether log events of `destination` reach this process's stderr: always with
+/// stderr, and with journald when stderr is a journal stream. systemd then sets
+/// JOURNAL_STREAM to the stream's device and inode numbers (systemd.exec(5)).
+pub fn events_reach_stderr(destination: LogDestination) -> bool {
+    match destination {
+        LogDestination::Stderr => true,
+        LogDestination::Journald => stderr_is_journal_stream(),
+        LogDestination::File | LogDestination::Syslog => false,
+    }
+}
+
+fn stderr_is_journal_stream() -> bool {
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
+        return false;
+    };
+    names_stream(&value, stat.st_dev, stat.st_ino)
+}
+
+/// Returns whether a JOURNAL_STREAM value, `DEVICE:INODE` in decimal, names the file with
+/// `device` and `inode`.
+fn names_stream(journal_stream: &str, device: u64, inode: u64) -> bool {
+    let Some((device_text, inode_text)) = journal_stream.split_once(':') else {
+        return false;
+    };
+    device_text.parse::<u64>().ok() == Some(device) && inode_text.parse::<u64>().ok() == Some(inode)
+}
+
+/// Formats `error` followed by each error of its source chain, joined by ": ".
+pub fn format_error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_matches_device_and_inode() {
+        assert!(names_stream("64768:1234", 64768, 1234));
+        assert!(!names_stream("64768:1235", 64768, 1234));
+        assert!(!names_stream("64769:1234", 64768, 1234));
+    }
+
+    #[test]
+    fn malformed_journal_stream_matches_nothing() {
+        for value in ["", "64768", "64768:", ":1234", "a:b", "64768:1234:5"] {
+            assert!(!names_stream(value, 64768, 1234), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_every_cause() {
+        let error = LoggingError::Open {
+            path: "/var/log/broker.log".to_string(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        let text = format_error_chain(&error);
+        assert!(
+            text.starts_with("failed to open log file /var/log/broker.log: "),
+            "{text}"
+        );
+        assert!(text.contains("Permission denied"), "{text}");
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use secure_socket::config::{Config, PARAMETERS};
+use secure_socket::config::{self, Config};
 use secure_socket::{child, client, logging, monitor, policy};
 
 /// Zeroes freed memory in the parser child role, which enables it; elsewhere it is the
@@ -11,8 +11,15 @@ use secure_socket::{child, client, logging, monitor, policy};
 #[global_allocator]
 static ALLOCATOR: child::scrub::ScrubbingAllocator = child::scrub::ScrubbingAllocator;
 
-/// Exit status for invalid parameters.
-const EXIT_INVALID_PARAMETERS: u8 = 2;
+/// Exit status of a broker start that failed on the parameters, the policy, or the users
+/// and files they name: EX_CONFIG from sysexits.h. A restart fails the same way until the
+/// administrator changes something, so a service manager should not retry it (systemd:
+/// RestartPreventExitStatus=78).
+const EXIT_CONFIG: u8 = 78;
+
+/// Exit status of a broker start that failed for another reason, such as an unreachable
+/// log socket or a failed system call, which a later restart may not meet.
+const EXIT_START_FAILED: u8 = 1;
 
 /// Prints the help text. Write errors are ignored, so that `--help | head` ends quietly
 /// instead of panicking on a closed pipe.
@@ -27,24 +34,30 @@ fn print_help() {
         "       secure_socket call|list|describe ... call a running broker (see `secure_socket call --help`)\n",
     );
     text.push_str("\nparameters:\n");
-    for parameter in PARAMETERS {
-        text.push_str(&format!(
-            "  {:<30} {} (default: {})\n",
-            parameter.key, parameter.help, parameter.default
-        ));
-    }
-    text.push_str("\nsignals: SIGTERM/SIGINT stop the broker, SIGHUP reloads the policy.\n");
+    text.push_str(&config::parameters_help());
+    text.push_str(
+        "\nsignals: SIGTERM/SIGINT stop the broker; SIGHUP reopens log_file and reloads the \
+         policy.\n",
+    );
+    text.push_str(&format!(
+        "\nexit status of the broker: 0 after SIGTERM or SIGINT; {EXIT_CONFIG} when the \
+         parameters, the policy, or a user or file they name is invalid or unsafe; \
+         {EXIT_START_FAILED} when the start failed for another reason.\n\
+         exit status of check-policy: 0 for a valid policy, 1 for an invalid one, {} for \
+         invalid usage.\n",
+        client::EXIT_USAGE
+    ));
     let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
 }
 
 fn check_policy(args: &[String]) -> ExitCode {
     let [dir] = args else {
         eprintln!("usage: secure_socket check-policy DIR");
-        return ExitCode::from(EXIT_INVALID_PARAMETERS);
+        return ExitCode::from(client::EXIT_USAGE);
     };
     if dir.starts_with('-') {
         eprintln!("usage: secure_socket check-policy DIR");
-        return ExitCode::from(EXIT_INVALID_PARAMETERS);
+        return ExitCode::from(client::EXIT_USAGE);
     };
     match policy::load_dir(std::path::Path::new(dir)) {
         Ok(policy) => {
@@ -61,55 +74,71 @@ fn check_policy(args: &[String]) -> ExitCode {
     }
 }
 
+/// Returns the exit status of a failed start: [`EXIT_CONFIG`] for a configuration or
+/// policy error, else [`EXIT_START_FAILED`].
+fn start_failure(is_configuration: bool) -> ExitCode {
+    if is_configuration {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::from(EXIT_START_FAILED)
+    }
+}
+
+/// Prints an error that stops the start before the log destination is open.
+fn print_start_error(error: &dyn std::error::Error) {
+    eprintln!("secure_socket: {}", logging::format_error_chain(error));
+}
+
 fn run_broker(args: &[String]) -> ExitCode {
     secure_socket::sys::tune_allocator();
     // Descriptors inherited from the broker's parent must not reach its children. Parser
     // children close everything anyway, and this covers the scripts the monitor starts.
     if let Err(error) = secure_socket::sys::mark_inherited_cloexec() {
         eprintln!("secure_socket: failed to mark inherited descriptors close-on-exec: {error}");
-        return ExitCode::FAILURE;
+        return ExitCode::from(EXIT_START_FAILED);
     }
     let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("secure_socket: {error}");
-            return ExitCode::from(EXIT_INVALID_PARAMETERS);
+            print_start_error(&error);
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     let activated = match monitor::take_activated_socket(&config.socket_path) {
         Ok(activated) => activated,
         Err(error) => {
-            eprintln!("secure_socket: {error}");
-            return ExitCode::FAILURE;
+            print_start_error(&error);
+            return start_failure(error.is_configuration());
         }
     };
     // The log destination opens here, as root and before the monitor drops anything.
     if let Err(error) = logging::init(&config) {
-        eprintln!("secure_socket: {error}");
-        if let Some(source) = std::error::Error::source(&error) {
-            eprintln!("  caused by: {source}");
-        }
-        return ExitCode::FAILURE;
+        print_start_error(&error);
+        return start_failure(error.is_configuration());
     }
+    let events_reach_stderr = logging::events_reach_stderr(config.log_destination);
     match monitor::run(config, activated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = %error, source = ?std::error::Error::source(&error), "broker failed to start");
-            eprintln!("secure_socket: {error}");
-            if let monitor::MonitorError::Policy { errors, .. } = &error {
-                for entry in errors {
-                    eprintln!("  {entry}");
-                }
-            }
-            if let Some(source) = std::error::Error::source(&error) {
-                eprintln!("  caused by: {source}");
-            }
-            match error {
-                monitor::MonitorError::UnknownUser { .. } | monitor::MonitorError::Conflict(_) => {
-                    ExitCode::from(EXIT_INVALID_PARAMETERS)
-                }
-                _ => ExitCode::FAILURE,
-            }
+            report_monitor_error(&error, events_reach_stderr);
+            start_failure(error.is_configuration())
+        }
+    }
+}
+
+/// Logs a failed start, and prints it to stderr as well unless the log already goes
+/// there. A person who started the broker from a terminal with a log file or syslog then
+/// gets the reason on the terminal. The monitor has logged each policy error already.
+fn report_monitor_error(error: &monitor::MonitorError, events_reach_stderr: bool) {
+    let chain = logging::format_error_chain(error);
+    tracing::error!(error = %chain, "broker failed to start");
+    if events_reach_stderr {
+        return;
+    }
+    eprintln!("secure_socket: {chain}");
+    if let monitor::MonitorError::Policy { errors, .. } = error {
+        for entry in errors {
+            eprintln!("  {entry}");
         }
     }
 }

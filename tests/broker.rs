@@ -763,13 +763,14 @@ fn script_environment_is_rebuilt_from_scratch() {
 }
 
 /// Runs the broker with the default test arguments plus `extra` and checks that it exits
-/// with status 2 without creating its socket. Returns the output for further checks.
+/// with status 78 (EX_CONFIG) without creating its socket. Returns the output for further
+/// checks.
 fn assert_parameters_rejected(extra: &[(&str, &str)]) -> common::ProcessOutput {
     let fixture = policy_fixture();
 
     let output = run_broker_to_exit(&broker_arguments(&fixture, extra));
 
-    assert_eq!(output.code(), Some(2), "{}", output.describe());
+    assert_eq!(output.code(), Some(78), "{}", output.describe());
     assert!(
         !fixture.socket_path().exists(),
         "the broker created its socket despite invalid parameters"

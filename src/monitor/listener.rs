@@ -50,6 +50,24 @@ pub enum ListenerError {
     },
 }
 
+impl ListenerError {
+    /// Returns whether the error breaks a rule on the socket path or on the socket passed
+    /// by the service manager, so that a restart fails the same way until the
+    /// administrator changes something.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            ListenerError::UnsafeDirectory { .. }
+            | ListenerError::UnsafeAncestor { .. }
+            | ListenerError::UnsafeSocketPath { .. }
+            | ListenerError::Activation { .. } => true,
+            ListenerError::OpenDirectory { .. }
+            | ListenerError::CreateDirectory { .. }
+            | ListenerError::InUse { .. }
+            | ListenerError::Socket { .. } => false,
+        }
+    }
+}
+
 /// The listening socket. `file` is set when the broker created the socket file itself,
 /// and holds the directory it lives in (kept open, so the socket can be removed at
 /// shutdown relative to the same directory); it is `None` for a socket passed by the

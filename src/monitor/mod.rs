@@ -31,6 +31,7 @@ use nix::unistd::User;
 use crate::audit::{self, SessionRegistry};
 use crate::child::ChildSettings;
 use crate::config::Config;
+use crate::logging;
 use crate::policy::{self, Policy};
 use crate::protocol::{BrokerError, ErrorKind};
 use crate::sandbox;
@@ -75,6 +76,31 @@ pub enum MonitorError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl MonitorError {
+    /// Returns whether the error comes from the parameters, the policy, or the users and
+    /// files they name, so that a restart fails the same way until the administrator
+    /// changes something. A missing sandbox layer counts, because sandbox=strict requires
+    /// it.
+    pub fn is_configuration(&self) -> bool {
+        match self {
+            MonitorError::NotRoot(_)
+            | MonitorError::UnknownUser { .. }
+            | MonitorError::Conflict(_)
+            | MonitorError::Policy { .. } => true,
+            MonitorError::Sandbox(error) => {
+                matches!(error, sandbox::SandboxError::MissingKernelSupport { .. })
+            }
+            MonitorError::Listener(error) => error.is_configuration(),
+            MonitorError::UserLookup { .. }
+            | MonitorError::Audit(_)
+            | MonitorError::Pool(_)
+            | MonitorError::Signals(_)
+            | MonitorError::Pipe(_)
+            | MonitorError::Thread { .. } => false,
+        }
+    }
 }
 
 /// State shared by the accept loop, the session threads and the signal thread.
@@ -188,7 +214,8 @@ impl Shared {
         let killed = self.children.invalidate();
         tracing::info!(
             killed,
-            "cached parser children killed after SIGHUP; children serving a connection exit              at its end"
+            "cached parser children killed after SIGHUP; children serving a connection exit \
+             at its end"
         );
     }
 
@@ -251,6 +278,67 @@ fn warn_about_shared_uid(policy: &Policy, unprivileged_uid: u32, config: &Config
             uid = unprivileged_uid,
             "authorised_peer_uid is unprivileged_user; use a dedicated unprivileged_user"
         );
+    }
+}
+
+/// Reopens log_file by its path, so that a rotation that renamed the file takes effect.
+/// After a failure the log keeps going to the file opened before.
+fn reopen_log_file() {
+    match logging::reopen_log_file() {
+        Ok(Some(path)) => {
+            tracing::info!(path = %path.display(), "log file reopened after SIGHUP");
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(
+                error = %logging::format_error_chain(&error),
+                "failed to reopen the log file after SIGHUP; still writing to the file \
+                 opened before"
+            );
+        }
+    }
+}
+
+/// Returns the group of the socket file: authorised_peer_gid, else the primary group of
+/// authorised_peer_username or of authorised_peer_uid, else root. Without it a socket
+/// limited to one peer would stay unusable by that peer under socket_permissions=0660.
+/// A uid without a user entry has no primary group, so the group stays root with a
+/// warning.
+fn socket_group(config: &Config, username_user: Option<&User>) -> Result<u32, MonitorError> {
+    if let Some(gid) = config.authorised_peer_gid {
+        return Ok(gid);
+    }
+    if let Some(user) = username_user {
+        return Ok(user.gid.as_raw());
+    }
+    let Some(uid) = config.authorised_peer_uid else {
+        return Ok(0);
+    };
+    let user = User::from_uid(nix::unistd::Uid::from_raw(uid)).map_err(|source| {
+        MonitorError::UserLookup {
+            name: uid.to_string(),
+            source,
+        }
+    })?;
+    match user {
+        Some(user) => {
+            tracing::info!(
+                authorised_peer_uid = uid,
+                socket_gid = user.gid.as_raw(),
+                "the socket's group is the primary group of authorised_peer_uid"
+            );
+            Ok(user.gid.as_raw())
+        }
+        None => {
+            tracing::warn!(
+                authorised_peer_uid = uid,
+                socket_permissions = format!("{:04o}", config.socket_permissions),
+                "authorised_peer_uid has no user entry, so the socket's group stays root and \
+                 that uid can connect only if socket_permissions lets others write; set \
+                 authorised_peer_gid to give the socket a group"
+            );
+            Ok(0)
+        }
     }
 }
 
@@ -328,10 +416,11 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
             user.name, user.uid
         )));
     }
-    let socket_gid = config
-        .authorised_peer_gid
-        .or(username_user.as_ref().map(|user| user.gid.as_raw()))
-        .unwrap_or(0);
+    // A socket passed by the service manager keeps the group the manager gave it.
+    let socket_gid = match activated {
+        Some(_) => 0,
+        None => socket_group(&config, username_user.as_ref())?,
+    };
 
     let policy = match policy::load_dir(&config.policy_dir) {
         Ok(policy) => policy,
@@ -505,7 +594,11 @@ fn handle_signals(signals: SigSet, shared: &Arc<Shared>, wake: OwnedFd) {
             }
         };
         match signal {
-            Signal::SIGHUP => shared.reload_policy(),
+            Signal::SIGHUP => {
+                // The log file first, so that the reload's own events go to the new file.
+                reopen_log_file();
+                shared.reload_policy();
+            }
             _ => {
                 tracing::info!(signal = %signal, "shutting down");
                 shared.shutting_down.store(true, Ordering::Relaxed);

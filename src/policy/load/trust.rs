@@ -7,7 +7,6 @@
 //! changing it. The checks read only metadata (lstat, fstat) and follow no symbolic link
 //! in the last component.
 
-use std::collections::BTreeSet;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -15,99 +14,14 @@ use std::path::{Path, PathBuf};
 
 use crate::policy::types::RunAs;
 use crate::policy::validate::{check_path_syntax, describe_path_rule};
+use crate::trust::{
+    WRITE_BY_GROUP_OR_OTHERS, check_ancestors, check_trusted_directory, permission_bits,
+};
 
 /// Largest policy file read, in bytes.
 pub(super) const MAX_POLICY_FILE_BYTES: u64 = 1 << 20;
 
-const WRITE_BY_GROUP_OR_OTHERS: u32 = 0o022;
 const SET_ID_BITS: u32 = 0o6000;
-const STICKY_BIT: u32 = 0o1000;
-
-fn permission_bits(metadata: &Metadata) -> u32 {
-    metadata.mode() & 0o7777
-}
-
-/// Checks one directory that must be trusted: a real directory (not a symbolic link), owned
-/// by root, not writable by group or others.
-fn check_trusted_directory(path: &Path, metadata: &Metadata) -> Option<String> {
-    let shown = path.display();
-    if metadata.file_type().is_symlink() {
-        return Some(format!("{shown} is a symbolic link, not a directory"));
-    }
-    if !metadata.is_dir() {
-        return Some(format!("{shown} is not a directory"));
-    }
-    if metadata.uid() != 0 {
-        return Some(format!(
-            "directory {shown} is owned by uid {}, not by root",
-            metadata.uid()
-        ));
-    }
-    let mode = permission_bits(metadata);
-    if mode & WRITE_BY_GROUP_OR_OTHERS != 0 {
-        // A sticky directory such as /tmp still lets every user create new names in it, so
-        // a name that root trusts today can be taken over once the file is removed (for
-        // example by a temporary-file cleaner). OpenSSH applies the same rule to
-        // ChrootDirectory.
-        let sticky = if mode & STICKY_BIT != 0 {
-            "; the sticky bit does not make it safe, because others can still create names \
-             in it"
-        } else {
-            ""
-        };
-        return Some(format!(
-            "directory {shown} is writable by group or others (mode {mode:04o}){sticky}"
-        ));
-    }
-    None
-}
-
-/// Checks every directory above `path`, up to `/`, as written and after resolving symbolic
-/// links. A symbolic link on the way (such as `/bin` on merged-/usr systems) is accepted
-/// when root owns it, because its directory is checked too and only root can then change
-/// it. The directories it leads to are checked through the resolved path.
-fn check_ancestors(path: &Path) -> Vec<String> {
-    let mut problems = BTreeSet::new();
-    for ancestor in path.ancestors().skip(1) {
-        match fs::symlink_metadata(ancestor) {
-            Ok(metadata) if metadata.file_type().is_symlink() => {
-                if metadata.uid() != 0 {
-                    problems.insert(format!(
-                        "symbolic link {} is owned by uid {}, not by root",
-                        ancestor.display(),
-                        metadata.uid()
-                    ));
-                }
-            }
-            Ok(metadata) => problems.extend(check_trusted_directory(ancestor, &metadata)),
-            Err(error) => {
-                problems.insert(format!("failed to inspect {}: {error}", ancestor.display()));
-            }
-        }
-    }
-
-    let Some(parent) = path.parent() else {
-        return problems.into_iter().collect();
-    };
-    match fs::canonicalize(parent) {
-        Ok(resolved) if resolved != parent => {
-            for ancestor in resolved.ancestors() {
-                match fs::symlink_metadata(ancestor) {
-                    Ok(metadata) => problems.extend(check_trusted_directory(ancestor, &metadata)),
-                    Err(error) => {
-                        problems
-                            .insert(format!("failed to inspect {}: {error}", ancestor.display()));
-                    }
-                }
-            }
-        }
-        Ok(_) => {}
-        Err(error) => {
-            problems.insert(format!("failed to resolve {}: {error}", parent.display()));
-        }
-    }
-    problems.into_iter().collect()
-}
 
 /// Checks the policy directory itself and every directory above it.
 pub(super) fn check_policy_dir(dir: &Path) -> Vec<String> {
