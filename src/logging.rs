@@ -48,7 +48,7 @@ pub enum LoggingError {
     UnsafeFile { path: String, uid: u32, mode: u32 },
     #[error(
         "log file {path} rejected: every directory above it must be owned by root and not \
-         writable by group or others, but {reason}"
+         writable by others, but {reason}"
     )]
     UnsafeDirectory { path: String, reason: String },
     #[error(
@@ -266,13 +266,14 @@ pub fn reopen_log_file() -> Result<Option<&'static Path>, LoggingError> {
     Ok(Some(&log_file.path))
 }
 
-/// Opens the log file for appending. The file must be a regular file, and it and every
-/// directory above it must be owned by root and not writable by group or others. Another
-/// user who could write the file or replace it could forge or erase audit records.
+/// Opens the log file for appending. The file must be a regular file owned by root and not
+/// writable by group or others, and every directory above it must be owned by root and
+/// not writable by others. Another user who could write the file or replace it could forge
+/// or erase audit records. A directory's group may write it (see [`trust::Writers`]).
 fn open_log_file(path: &Path) -> Result<File, LoggingError> {
     let path_text = || path.display().to_string();
     // The directories are checked before the open, which may create the file in them.
-    let problems = trust::check_ancestors(path);
+    let problems = trust::check_ancestors(path, trust::Writers::RootAndGroup);
     if !problems.is_empty() {
         return Err(LoggingError::UnsafeDirectory {
             path: path_text(),

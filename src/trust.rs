@@ -11,6 +11,18 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 pub(crate) const WRITE_BY_GROUP_OR_OTHERS: u32 = 0o022;
+const WRITE_BY_OTHERS: u32 = 0o002;
+
+/// Who besides root may write a trusted directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writers {
+    /// Root alone: the rule for the policy and scripts, which decide what runs as whom.
+    Root,
+    /// Root and the directory's group. The log file accepts this, because Ubuntu's
+    /// /var/log is group-writable by `syslog`, a group that can already rewrite every log
+    /// there, and the file itself must still be a regular file owned by root.
+    RootAndGroup,
+}
 const STICKY_BIT: u32 = 0o1000;
 
 pub(crate) fn permission_bits(metadata: &Metadata) -> u32 {
@@ -18,8 +30,12 @@ pub(crate) fn permission_bits(metadata: &Metadata) -> u32 {
 }
 
 /// Checks one directory that must be trusted: a real directory (not a symbolic link), owned
-/// by root, not writable by group or others.
-pub(crate) fn check_trusted_directory(path: &Path, metadata: &Metadata) -> Option<String> {
+/// by root, not writable by others, nor by its group unless `writers` allows it.
+pub(crate) fn check_trusted_directory(
+    path: &Path,
+    metadata: &Metadata,
+    writers: Writers,
+) -> Option<String> {
     let shown = path.display();
     if metadata.file_type().is_symlink() {
         return Some(format!("{shown} is a symbolic link, not a directory"));
@@ -34,7 +50,11 @@ pub(crate) fn check_trusted_directory(path: &Path, metadata: &Metadata) -> Optio
         ));
     }
     let mode = permission_bits(metadata);
-    if mode & WRITE_BY_GROUP_OR_OTHERS != 0 {
+    let forbidden = match writers {
+        Writers::Root => WRITE_BY_GROUP_OR_OTHERS,
+        Writers::RootAndGroup => WRITE_BY_OTHERS,
+    };
+    if mode & forbidden != 0 {
         // A sticky directory such as /tmp still lets every user create new names in it, so
         // a name that root trusts today can be taken over once the file is removed (for
         // example by a temporary-file cleaner). OpenSSH applies the same rule to
@@ -45,8 +65,12 @@ pub(crate) fn check_trusted_directory(path: &Path, metadata: &Metadata) -> Optio
         } else {
             ""
         };
+        let writers = match writers {
+            Writers::Root => "group or others",
+            Writers::RootAndGroup => "others",
+        };
         return Some(format!(
-            "directory {shown} is writable by group or others (mode {mode:04o}){sticky}"
+            "directory {shown} is writable by {writers} (mode {mode:04o}){sticky}"
         ));
     }
     None
@@ -56,7 +80,7 @@ pub(crate) fn check_trusted_directory(path: &Path, metadata: &Metadata) -> Optio
 /// links. A symbolic link on the way (such as `/bin` on merged-/usr systems) is accepted
 /// when root owns it, because its directory is checked too and only root can then change
 /// it. The directories it leads to are checked through the resolved path.
-pub(crate) fn check_ancestors(path: &Path) -> Vec<String> {
+pub(crate) fn check_ancestors(path: &Path, writers: Writers) -> Vec<String> {
     let mut problems = BTreeSet::new();
     for ancestor in path.ancestors().skip(1) {
         match fs::symlink_metadata(ancestor) {
@@ -69,7 +93,7 @@ pub(crate) fn check_ancestors(path: &Path) -> Vec<String> {
                     ));
                 }
             }
-            Ok(metadata) => problems.extend(check_trusted_directory(ancestor, &metadata)),
+            Ok(metadata) => problems.extend(check_trusted_directory(ancestor, &metadata, writers)),
             Err(error) => {
                 problems.insert(format!("failed to inspect {}: {error}", ancestor.display()));
             }
@@ -83,7 +107,9 @@ pub(crate) fn check_ancestors(path: &Path) -> Vec<String> {
         Ok(resolved) if resolved != parent => {
             for ancestor in resolved.ancestors() {
                 match fs::symlink_metadata(ancestor) {
-                    Ok(metadata) => problems.extend(check_trusted_directory(ancestor, &metadata)),
+                    Ok(metadata) => {
+                        problems.extend(check_trusted_directory(ancestor, &metadata, writers))
+                    }
                     Err(error) => {
                         problems
                             .insert(format!("failed to inspect {}: {error}", ancestor.display()));

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::policy::types::RunAs;
 use crate::policy::validate::{check_path_syntax, describe_path_rule};
 use crate::trust::{
-    WRITE_BY_GROUP_OR_OTHERS, check_ancestors, check_trusted_directory, permission_bits,
+    WRITE_BY_GROUP_OR_OTHERS, Writers, check_ancestors, check_trusted_directory, permission_bits,
 };
 
 /// Largest policy file read, in bytes.
@@ -34,13 +34,13 @@ pub(super) fn check_policy_dir(dir: &Path) -> Vec<String> {
     }
     let mut problems = Vec::new();
     match fs::symlink_metadata(dir) {
-        Ok(metadata) => problems.extend(check_trusted_directory(dir, &metadata)),
+        Ok(metadata) => problems.extend(check_trusted_directory(dir, &metadata, Writers::Root)),
         Err(error) => {
             problems.push(format!("failed to inspect policy directory: {error}"));
             return problems;
         }
     }
-    problems.extend(check_ancestors(dir));
+    problems.extend(check_ancestors(dir, Writers::Root));
     problems
 }
 
@@ -175,7 +175,7 @@ pub(super) fn check_script(path: &str, run_as: Option<&RunAs>) -> Vec<String> {
             run_as.user
         ));
     }
-    problems.extend(check_ancestors(Path::new(path)));
+    problems.extend(check_ancestors(Path::new(path), Writers::Root));
     problems
 }
 
