@@ -612,3 +612,19 @@ fn other_executable_names_allow_executables() {
     assert_eq!(record["rule"], json!("allow_executables"), "{record}");
     assert_eq!(record["peer_exe"], json!(client), "{record}");
 }
+
+#[test]
+fn introspection_replies_carry_record_id() {
+    let (fixture, broker) = start();
+    let mut connection = broker.connect();
+    for method in [
+        "org.securesocket.Broker.List",
+        "org.varlink.service.GetInfo",
+    ] {
+        let reply = connection.call(method, json!({}));
+        let request_id = &parameters(&reply)["request_id"];
+        assert!(request_id.is_string(), "reply: {reply}");
+        let record = record_of(&fixture, request_id);
+        assert_eq!(record["method"], json!(method), "{record}");
+    }
+}

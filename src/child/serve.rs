@@ -263,7 +263,13 @@ impl Session {
             }
         };
         match result {
-            Ok(parameters) => {
+            Ok(mut parameters) => {
+                // The audit record of this request carries the same id. GetInfo and
+                // GetInterfaceDescription get it as an extra member, which varlink
+                // clients ignore.
+                if let Some(object) = parameters.as_object_mut() {
+                    object.insert("request_id".to_string(), json!(self.request_id()));
+                }
                 if !oneway && !self.write_reply(parameters) {
                     return Next::Close;
                 }

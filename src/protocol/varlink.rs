@@ -47,7 +47,8 @@ method GetInfo() -> (
   interfaces: []string
 )
 
-# Returns the interface definition of one implemented interface.
+# Returns the interface definition of one implemented interface. This broker adds a
+# request_id member to the replies of both methods, the id of their audit record.
 method GetInterfaceDescription(interface: string) -> (description: string)
 
 # The service does not implement the interface.
@@ -144,11 +145,11 @@ method Run(command: string, arguments: ?object, stdin: ?string) -> (
   stderr_truncated: bool
 )
 
-# Lists the commands that the caller may run.
-method List() -> (commands: []CommandInfo)
+# Lists the commands that the caller may run. request_id names the audit record.
+method List() -> (commands: []CommandInfo, request_id: string)
 
-# Describes a command that the caller may run.
-method Describe(command: string) -> (command: CommandInfo)
+# Describes a command that the caller may run. request_id names the audit record.
+method Describe(command: string) -> (command: CommandInfo, request_id: string)
 
 # Every error below carries request_id when the broker logged the request under an id;
 # the same id appears in the audit log.
