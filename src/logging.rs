@@ -10,6 +10,7 @@
 
 pub(crate) mod json_fields;
 mod syslog_writer;
+mod text_fields;
 
 use std::fs::{File, FileType, OpenOptions};
 use std::io::Write;
@@ -156,7 +157,10 @@ where
             .flatten_event(true)
             .map_event_format(json_fields::ObjectArguments::new)
             .try_init(),
-        LogFormat::Text => builder.with_ansi(ansi).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(ansi)
+            .fmt_fields(text_fields::QuotedFields)
+            .try_init(),
     };
     result.map_err(|error| LoggingError::Install(error.to_string()))
 }
