@@ -232,8 +232,8 @@ impl Shared {
                 );
             }
             Ok(policy) => {
-                let names: Vec<&String> = policy.commands.keys().collect();
-                tracing::info!(policy_dir = %dir.display(), commands = ?names, "policy reloaded");
+                let names: Vec<&str> = policy.commands.keys().map(String::as_str).collect();
+                tracing::info!(policy_dir = %dir.display(), commands = names.join(",").as_str(), "policy reloaded");
                 *self
                     .policy
                     .write()
@@ -600,7 +600,7 @@ fn handle_signals(signals: SigSet, shared: &Arc<Shared>, wake: OwnedFd) {
                 shared.reload_policy();
             }
             _ => {
-                tracing::info!(signal = %signal, "shutting down");
+                tracing::info!(signal_name = %signal, "shutting down");
                 shared.shutting_down.store(true, Ordering::Relaxed);
                 let _ = nix::unistd::write(&wake, &[1]);
                 return;
