@@ -22,12 +22,16 @@ use nix::sys::stat::Mode;
 
 use crate::policy::Peer;
 
-/// Largest event on the queue, in bytes.
-pub const MAX_EVENT_BYTES: usize = 1024;
-/// Requested queue depth: events the queue can contain before children drop them.
-const QUEUE_DEPTH: i64 = 256;
 /// Maximum length of a text field in an event. Longer text is cut.
 const MAX_FIELD_BYTES: usize = 240;
+/// Bytes of an event before its text fields: session id, kind, dropped count, duration.
+const HEADER_BYTES: usize = 8 + 1 + 4 + 8;
+/// Text fields of an event, each with a one-byte length prefix.
+const TEXT_FIELDS: usize = 7;
+/// Largest event on the queue, in bytes: every text field at its maximum length.
+pub const MAX_EVENT_BYTES: usize = HEADER_BYTES + TEXT_FIELDS * (1 + MAX_FIELD_BYTES);
+/// Requested queue depth: events the queue can contain before children drop them.
+const QUEUE_DEPTH: i64 = 256;
 
 /// Priorities: higher is received first.
 pub const PRIORITY_INFO: u32 = 1;
@@ -155,10 +159,14 @@ pub struct Event {
     pub command: String,
     /// "ok" or the varlink error name.
     pub outcome: String,
-    /// Extra detail: the argument and rule of a rejection, a sandbox status.
+    /// Extra detail: a sandbox status, the cause of a protocol error.
     pub detail: String,
     /// Id of the request, also sent to the client with an error reply.
     pub request_id: String,
+    /// Field of a rejected request that broke a rule (argument, command, frame, ...).
+    pub field: String,
+    /// Rule that the field broke, as the error reply names it.
+    pub rule: String,
 }
 
 fn push_text(buffer: &mut Vec<u8>, text: &str) {
@@ -171,7 +179,7 @@ fn push_text(buffer: &mut Vec<u8>, text: &str) {
 }
 
 impl Event {
-    /// Encodes the event: session id, kind, dropped count, duration, then five
+    /// Encodes the event: session id, kind, dropped count, duration, then TEXT_FIELDS
     /// length-prefixed (one byte) UTF-8 fields cut at MAX_FIELD_BYTES.
     pub fn encode(&self) -> Vec<u8> {
         let mut buffer = Vec::with_capacity(64);
@@ -184,6 +192,8 @@ impl Event {
         push_text(&mut buffer, &self.outcome);
         push_text(&mut buffer, &self.detail);
         push_text(&mut buffer, &self.request_id);
+        push_text(&mut buffer, &self.field);
+        push_text(&mut buffer, &self.rule);
         buffer
     }
 
@@ -205,6 +215,8 @@ impl Event {
         let outcome = reader.text()?;
         let detail = reader.text()?;
         let request_id = reader.text()?;
+        let field = reader.text()?;
+        let rule = reader.text()?;
         if reader.at != bytes.len() {
             return None;
         }
@@ -218,6 +230,8 @@ impl Event {
             outcome,
             detail,
             request_id,
+            field,
+            rule,
         })
     }
 }
@@ -452,7 +466,6 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
             method = event.method.as_str(),
             command = event.command.as_str(),
             outcome = event.outcome.as_str(),
-            detail = event.detail.as_str(),
             duration_ms,
             "request"
         ),
@@ -466,7 +479,8 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
             method = event.method.as_str(),
             command = event.command.as_str(),
             outcome = event.outcome.as_str(),
-            detail = event.detail.as_str(),
+            field = event.field.as_str(),
+            rule = event.rule.as_str(),
             duration_ms,
             "request rejected"
         ),
@@ -507,6 +521,8 @@ mod tests {
             outcome: "ok".to_string(),
             detail: String::new(),
             request_id: "00000000000000ab-1".to_string(),
+            field: "name".to_string(),
+            rule: "pattern".to_string(),
         }
     }
 
@@ -535,6 +551,22 @@ mod tests {
         event.detail = "é".repeat(300);
         let decoded = Event::decode(&event.encode()).unwrap();
         assert!(decoded.detail.len() <= MAX_FIELD_BYTES);
+    }
+
+    #[test]
+    fn event_with_every_field_full_fits_queue_message() {
+        let long = "x".repeat(MAX_FIELD_BYTES + 10);
+        let event = Event {
+            method: long.clone(),
+            command: long.clone(),
+            outcome: long.clone(),
+            detail: long.clone(),
+            request_id: long.clone(),
+            field: long.clone(),
+            rule: long,
+            ..sample()
+        };
+        assert!(event.encode().len() <= MAX_EVENT_BYTES);
     }
 
     #[test]

@@ -217,7 +217,8 @@ fn json_audit_record_of_rejection() {
         record["outcome"],
         json!("org.securesocket.Broker.InvalidArgument")
     );
-    assert_eq!(record["detail"], json!("name pattern"));
+    assert_eq!(record["field"], json!("name"));
+    assert_eq!(record["rule"], json!("pattern"));
     assert_eq!(record["decision"], json!("rejected"));
     assert_eq!(record["request_id"], request_id);
     assert_eq!(record["peer_gid"], json!(WWW_DATA.gid));
@@ -316,7 +317,8 @@ fn oversized_frame_has_request_record() {
         record["outcome"],
         json!("org.securesocket.Broker.RequestTooLarge")
     );
-    assert_eq!(record["detail"], json!("frame max_frame_bytes"));
+    assert_eq!(record["field"], json!("frame"));
+    assert_eq!(record["rule"], json!("max_frame_bytes"));
     assert_peer_is_this_process(&record);
 }
 
@@ -334,7 +336,8 @@ fn incomplete_frame_timeout_has_request_record() {
     assert_eq!(record["message"], json!("request rejected"));
     assert_eq!(record["decision"], json!("rejected"));
     assert_eq!(record["outcome"], json!("org.securesocket.Broker.TimedOut"));
-    assert_eq!(record["detail"], json!("frame request_timeout_ms"));
+    assert_eq!(record["field"], json!("frame"));
+    assert_eq!(record["rule"], json!("request_timeout_ms"));
     let duration_ms = record["duration_ms"].as_f64().unwrap_or_default();
     assert!(duration_ms >= 300.0, "{record}");
 }

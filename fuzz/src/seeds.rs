@@ -267,6 +267,8 @@ fn event(kind: EventKind, dropped: u32, outcome: &str, detail: &str) -> Event {
         outcome: outcome.into(),
         detail: detail.into(),
         request_id: "0123456789abcdef-3".into(),
+        field: "user".into(),
+        rule: "pattern".into(),
     }
 }
 

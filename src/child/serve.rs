@@ -96,6 +96,8 @@ impl Session {
                 outcome: "ok".to_string(),
                 detail: format!("{status}; connection {connections_served} of this child"),
                 request_id: String::new(),
+                field: String::new(),
+                rule: String::new(),
             },
             PRIORITY_INFO,
         );
@@ -408,6 +410,8 @@ impl Session {
                 outcome: "ok".to_string(),
                 detail: String::new(),
                 request_id: self.request_id(),
+                field: String::new(),
+                rule: String::new(),
             },
             PRIORITY_INFO,
         );
@@ -420,11 +424,6 @@ impl Session {
         error: &BrokerError,
         started: Instant,
     ) {
-        let detail = if error.rule.is_empty() {
-            error.field.clone()
-        } else {
-            format!("{} {}", error.field, error.rule)
-        };
         self.audit.send(
             Event {
                 session_id: 0,
@@ -434,8 +433,10 @@ impl Session {
                 method: method.to_string(),
                 command: command.to_string(),
                 outcome: error.varlink_name().to_string(),
-                detail,
+                detail: String::new(),
                 request_id: error.request_id.clone(),
+                field: error.field.clone(),
+                rule: error.rule.clone(),
             },
             PRIORITY_WARN,
         );
@@ -453,6 +454,8 @@ impl Session {
                 outcome: outcome.to_string(),
                 detail: detail.to_string(),
                 request_id: String::new(),
+                field: String::new(),
+                rule: String::new(),
             },
             PRIORITY_WARN,
         );
