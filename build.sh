@@ -5,10 +5,23 @@
 #
 # `./build.sh install` does the same and then runs install.sh, which installs the
 # binary, the policy directory, the scripts and the systemd units into the system.
+#
+# Environment:
+#   DESTDIR  staging directory for a package build (default: empty, the real system).
+#            Every installed file, the example scripts too, goes below it. No user is
+#            created, because the package creates it on the system it is installed on.
 set -eu
 
 repo=$(cd "$(dirname "$0")" && pwd)
 cd "$repo"
+destdir=${DESTDIR:-}
+case $destdir in
+    ''|/*) ;;
+    *)
+        echo "build.sh: DESTDIR must be an absolute path, not '$destdir'" >&2
+        exit 64
+        ;;
+esac
 
 case "${1:-}:$#" in
     :0) target=build ;;
@@ -28,17 +41,21 @@ install -m 0755 target/release/secure_socket build/secure_socket
 # group or others, so the examples are installed rather than run from the checkout.
 examples=/usr/local/libexec/secure_socket/examples
 if [ "$(id -u)" -eq 0 ]; then
-    install -d -m 0755 -o root -g root /usr/local/libexec/secure_socket "$examples"
+    install -d -m 0755 -o root -g root "$destdir/usr/local/libexec/secure_socket" \
+        "$destdir$examples"
     for script in scripts/*; do
-        install -m 0755 -o root -g root "$script" "$examples/"
+        install -m 0755 -o root -g root "$script" "$destdir$examples/"
     done
 else
-    echo "build.sh: not root, so the example scripts were not installed in $examples" >&2
+    echo "build.sh: not root, so the example scripts were not installed in $destdir$examples" >&2
 fi
 
 # The parser children run as a dedicated system user, so that no script or client
-# shares their uid and could signal them.
-if [ "$(id -u)" -eq 0 ] && ! id secure-socket >/dev/null 2>&1; then
+# shares their uid and could signal them. A staged install leaves this to the package,
+# because the user belongs to the system that the package is installed on.
+if [ -n "$destdir" ]; then
+    echo "build.sh: DESTDIR is set, so the system user secure-socket was not created"
+elif [ "$(id -u)" -eq 0 ] && ! id secure-socket >/dev/null 2>&1; then
     useradd --system --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin secure-socket
 fi
@@ -82,5 +99,5 @@ chmod 0755 run.sh
 echo "built build/secure_socket; start it with ./run.sh"
 
 if [ "$target" = install ]; then
-    "$repo/install.sh"
+    DESTDIR=$destdir "$repo/install.sh"
 fi

@@ -87,7 +87,9 @@ done
 
 # The parser children run as a dedicated system user, so that no script or client
 # shares their uid and could signal them. A staged install leaves this to the package.
-if [ -z "$destdir" ] && ! id secure-socket >/dev/null 2>&1; then
+if [ -n "$destdir" ]; then
+    echo "DESTDIR is set, so the system user secure-socket was not created"
+elif ! id secure-socket >/dev/null 2>&1; then
     useradd --system --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin secure-socket
 fi

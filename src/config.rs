@@ -251,7 +251,8 @@ pub const PARAMETERS: &[ParameterDoc] = &[
         default: "half of max_connections",
         unit: "",
         range: Some((1, 4096)),
-        help: "connections one peer uid may hold at once; more get a Busy error",
+        help: "connections one peer uid may hold at once, at most max_connections; more \
+               get a Busy error",
     },
     ParameterDoc {
         key: "socket_permissions",
@@ -630,6 +631,9 @@ impl Config {
                 ),
             ),
             ("mq_name", Some(self.mq_name.clone())),
+            // The parser accepts only these, so the values are fixed.
+            ("domain", Some("unix".to_string())),
+            ("protocol", Some("stream".to_string())),
             ("max_connections", Some(self.max_connections.to_string())),
             (
                 "max_connections_per_uid",
@@ -764,6 +768,18 @@ impl Config {
                 reason: format!(
                     "socket_path {:?} must be inside a directory other than /",
                     self.socket_path
+                ),
+            });
+        }
+        if let Some(per_uid) = self.max_connections_per_uid
+            && per_uid > self.max_connections
+        {
+            return Err(ConfigError::Conflict {
+                reason: format!(
+                    "max_connections_per_uid ({per_uid}) is larger than max_connections ({}), \
+                     so no uid could ever reach it; lower max_connections_per_uid or raise \
+                     max_connections",
+                    self.max_connections
                 ),
             });
         }
@@ -942,6 +958,38 @@ mod tests {
         assert!(entries.contains(&"log_destination=stderr"), "{text}");
         assert!(entries.contains(&"max_connections_per_uid=32"), "{text}");
         assert!(entries.contains(&"socket_permissions=0660"), "{text}");
+    }
+
+    #[test]
+    fn effective_parameters_include_domain_and_protocol() {
+        let text = parse(&[]).unwrap().effective_parameters();
+        let entries: Vec<&str> = text.split(' ').collect();
+        assert!(entries.contains(&"domain=unix"), "{text}");
+        assert!(entries.contains(&"protocol=stream"), "{text}");
+    }
+
+    #[test]
+    fn per_uid_limit_above_max_connections_rejected() {
+        let error = parse(&["max_connections_per_uid=100", "max_connections=10"]).unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, ConfigError::Conflict { .. }), "{text}");
+        assert!(text.contains("max_connections_per_uid (100)"), "{text}");
+        assert!(text.contains("max_connections (10)"), "{text}");
+    }
+
+    #[test]
+    fn per_uid_limit_above_default_max_rejected() {
+        let error = parse(&["max_connections_per_uid=65"]).unwrap_err();
+        assert!(
+            error.to_string().contains("max_connections (64)"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn per_uid_limit_equal_to_max_accepted() {
+        let config = parse(&["max_connections_per_uid=10", "max_connections=10"]).unwrap();
+        assert_eq!(config.connections_per_uid(), 10);
     }
 
     #[test]

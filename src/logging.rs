@@ -89,8 +89,16 @@ pub enum LoggingError {
     ConnectSyslog {
         path: String,
         #[source]
-        source: syslog::Error,
+        source: std::io::Error,
     },
+    #[error(
+        "syslog socket {path} rejected: it is a stream socket, but the broker sends one \
+         datagram per event; set syslog_socket to the daemon's datagram socket, such as \
+         /dev/log"
+    )]
+    SyslogNotDatagram { path: String },
+    #[error("syslog socket {path} rejected: it is a {kind}, not a socket")]
+    SyslogNotSocket { path: String, kind: &'static str },
     #[error("failed to install the log subscriber: {0}")]
     Install(String),
 }
@@ -119,12 +127,8 @@ pub fn init(config: &Config) -> Result<(), LoggingError> {
             install_lines(level, format, log_file, false)
         }
         LogDestination::Syslog => {
-            let writer = syslog_writer::SyslogMakeWriter::connect(&config.syslog_socket).map_err(
-                |source| LoggingError::ConnectSyslog {
-                    path: config.syslog_socket.display().to_string(),
-                    source,
-                },
-            )?;
+            let writer = syslog_writer::SyslogMakeWriter::connect(&config.syslog_socket)
+                .map_err(|source| describe_syslog_error(&config.syslog_socket, source))?;
             install_lines(level, format, writer, false)
         }
         LogDestination::Journald => {
@@ -165,8 +169,10 @@ where
     result.map_err(|error| LoggingError::Install(error.to_string()))
 }
 
-/// Connects to the journal. tracing-journald checks the socket at once by sending an
-/// empty datagram, which journald discards.
+/// Connects to the journal.
+// NOTE: the first datagram the broker sends to the journal is empty. tracing-journald
+// 0.3.2 sends it in `Layer::new`, its only constructor, to fail early when journald is
+// unreachable, and journald discards it. The crate offers no way to skip it.
 // NOTE: tracing-journald 0.3.2 drops an event that it fails to send, without a report,
 // and its send blocks while journald's receive queue is full.
 fn journald_layer() -> Result<tracing_journald::Layer, LoggingError> {
@@ -203,14 +209,48 @@ impl LoggingError {
             | LoggingError::UnsafeDirectory { .. }
             | LoggingError::SymbolicLink { .. }
             | LoggingError::NotRegularFile { .. }
-            | LoggingError::MissingLogFile => true,
-            LoggingError::Open { .. }
-            | LoggingError::Inspect { .. }
+            | LoggingError::MissingLogFile
+            | LoggingError::SyslogNotDatagram { .. }
+            | LoggingError::SyslogNotSocket { .. } => true,
+            LoggingError::Open { source, .. } => matches!(
+                source.raw_os_error(),
+                Some(libc::ENOENT | libc::ENOTDIR | libc::EACCES | libc::EROFS)
+            ),
+            // A missing socket or one without a receiver (ENOENT, ECONNREFUSED) usually
+            // means that the syslog daemon has not started yet, and a restart may
+            // succeed. A path through a file or without permission stays wrong.
+            LoggingError::ConnectSyslog { source, .. } => {
+                matches!(source.raw_os_error(), Some(libc::ENOTDIR | libc::EACCES))
+            }
+            LoggingError::Inspect { .. }
             | LoggingError::ClearNonBlocking { .. }
             | LoggingError::ConnectJournald { .. }
-            | LoggingError::ConnectSyslog { .. }
             | LoggingError::Install(_) => false,
         }
+    }
+}
+
+/// Turns a failed connect to the syslog socket into the rule it broke where there is one.
+/// A stream socket fails with EPROTOTYPE. A file that is not a socket fails with
+/// ECONNREFUSED, as does a socket without a receiver.
+fn describe_syslog_error(path: &Path, source: std::io::Error) -> LoggingError {
+    let path_text = path.display().to_string();
+    match source.raw_os_error() {
+        Some(libc::EPROTOTYPE) => LoggingError::SyslogNotDatagram { path: path_text },
+        Some(libc::ECONNREFUSED) => match std::fs::metadata(path) {
+            Ok(metadata) if !metadata.file_type().is_socket() => LoggingError::SyslogNotSocket {
+                path: path_text,
+                kind: describe_file_type(metadata.file_type()),
+            },
+            _ => LoggingError::ConnectSyslog {
+                path: path_text,
+                source,
+            },
+        },
+        _ => LoggingError::ConnectSyslog {
+            path: path_text,
+            source,
+        },
     }
 }
 
@@ -340,7 +380,9 @@ fn describe_open_error(path: &Path, source: std::io::Error) -> LoggingError {
 }
 
 fn describe_file_type(file_type: FileType) -> &'static str {
-    if file_type.is_dir() {
+    if file_type.is_file() {
+        "regular file"
+    } else if file_type.is_dir() {
         "directory"
     } else if file_type.is_fifo() {
         "FIFO"

@@ -272,3 +272,158 @@ fn build_sh_rejects_unknown_target() {
         output.describe()
     );
 }
+
+/// Paths that build.sh or install.sh would write to on the real system.
+const SYSTEM_PATHS: &[&str] = &[
+    "/usr/local/bin/secure_socket",
+    "/usr/local/libexec/secure_socket",
+    "/etc/secure_socket",
+    "/etc/systemd/system/secure_socket.service",
+    "/etc/systemd/system/secure_socket.socket",
+];
+
+/// Files of the user database that useradd would add secure-socket to. Other tests add
+/// and remove users of their own, so only the lines of secure-socket are compared.
+const USER_DATABASE: &[&str] = &["/etc/passwd", "/etc/group", "/etc/shadow"];
+
+/// Returns one line per file below `path` (or `path` itself) with its type, owner, mode,
+/// size and modification time, or a line saying that it is absent.
+fn snapshot(path: &Path) -> Vec<String> {
+    let Ok(metadata) = fs::symlink_metadata(path) else {
+        return vec![format!("{} absent", path.display())];
+    };
+    let mut lines = vec![format!(
+        "{} {:o} {}:{} {} {}.{}",
+        path.display(),
+        metadata.mode(),
+        metadata.uid(),
+        metadata.gid(),
+        metadata.size(),
+        metadata.mtime(),
+        metadata.mtime_nsec()
+    )];
+    if metadata.is_dir() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(path)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        entries.sort();
+        for entry in entries {
+            lines.extend(snapshot(&entry));
+        }
+    }
+    lines
+}
+
+fn snapshot_system() -> Vec<String> {
+    let mut lines: Vec<String> = SYSTEM_PATHS
+        .iter()
+        .flat_map(|path| snapshot(Path::new(path)))
+        .collect();
+    for path in USER_DATABASE {
+        let text = fs::read_to_string(path).unwrap_or_default();
+        lines.extend(
+            text.lines()
+                .filter(|line| line.starts_with("secure-socket:"))
+                .map(|line| format!("{path}: {line}")),
+        );
+    }
+    lines
+}
+
+/// Copies the files build.sh and install.sh read into `<fixture>/repository`, and puts a
+/// stand-in `cargo` into `<fixture>/bin` that copies the test binary to where a release
+/// build leaves it, so that the test runs no release build.
+fn stage_repository(fixture: &Fixture) -> (PathBuf, PathBuf) {
+    let repository = fixture.path().join("repository");
+    for dir in ["scripts", "policy", "systemd"] {
+        let target = repository.join(dir);
+        fs::create_dir_all(&target).unwrap();
+        for name in repository_files(dir, None) {
+            fs::copy(
+                Path::new(REPOSITORY).join(dir).join(&name),
+                target.join(&name),
+            )
+            .unwrap();
+        }
+    }
+    for name in ["build.sh", "install.sh", "parameters.conf"] {
+        fs::copy(Path::new(REPOSITORY).join(name), repository.join(name)).unwrap();
+    }
+    let bin = fixture.path().join("bin");
+    fs::create_dir(&bin).unwrap();
+    let cargo = bin.join("cargo");
+    fs::write(
+        &cargo,
+        format!(
+            "#!/bin/sh\n\
+             [ \"$*\" = 'build --release --locked' ] || {{ echo \"unexpected: $*\" >&2; exit 2; }}\n\
+             mkdir -p target/release\n\
+             cp '{BROKER_BINARY}' target/release/secure_socket\n"
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&cargo, fs::Permissions::from_mode(0o755)).unwrap();
+    (repository, bin)
+}
+
+#[test]
+fn build_sh_install_with_destdir_stays_inside() {
+    let fixture = Fixture::new();
+    let (repository, bin) = stage_repository(&fixture);
+    let destdir = fixture.path().join("destdir");
+    fs::create_dir(&destdir).unwrap();
+    let before = snapshot_system();
+
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg(repository.join("build.sh"))
+        .arg("install")
+        .env("DESTDIR", &destdir)
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
+        )
+        .current_dir("/");
+    let output = spawn(command).finish(common::CLIENT_TIMEOUT);
+
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert_eq!(snapshot_system(), before, "{}", output.describe());
+    assert!(
+        output
+            .stdout
+            .contains("DESTDIR is set, so the system user secure-socket was not created"),
+        "{}",
+        output.describe()
+    );
+    assert_root_owned(&destdir.join("usr/local/bin/secure_socket"), 0o755);
+    let examples = destdir.join(SCRIPTS_DIR.trim_start_matches('/'));
+    assert_eq!(sorted_names(&examples), repository_files("scripts", None));
+    for name in repository_files("scripts", None) {
+        assert_root_owned(&examples.join(name), 0o755);
+    }
+    assert!(destdir.join(POLICY_DIR).is_dir());
+}
+
+#[test]
+fn build_sh_rejects_relative_destdir() {
+    let fixture = Fixture::new();
+    let (repository, bin) = stage_repository(&fixture);
+
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg(repository.join("build.sh"))
+        .arg("install")
+        .env("DESTDIR", "relative/destdir")
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .current_dir("/");
+    let output = spawn(command).finish(common::CLIENT_TIMEOUT);
+
+    assert_eq!(output.code(), Some(64), "{}", output.describe());
+    assert!(
+        output.stderr.contains("DESTDIR must be an absolute path"),
+        "{}",
+        output.describe()
+    );
+    assert!(!repository.join("build").exists(), "{}", output.describe());
+}

@@ -754,3 +754,61 @@ fn syslog_reconnects_after_daemon_restart() {
 
     assert!(line.contains("request ran"), "{line}");
 }
+
+/// Returns today's UTC date as `date -u '+%b %e'` prints it: `Dec  4`.
+fn utc_month_and_day() -> String {
+    let output = Command::new("date")
+        .args(["-u", "+%b %e"])
+        .output()
+        .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+#[test]
+fn syslog_timestamp_pads_day_with_space() {
+    let fixture = fixture_with_policy();
+    let (collector, _broker) = start_syslog(&fixture, &[]);
+    let before = utc_month_and_day();
+    let request_id = call_greet(&fixture, "alice", &[]);
+    let line = syslog_line_of(&collector, &request_id);
+    let after = utc_month_and_day();
+
+    let pattern = regex::Regex::new(r"^<\d+>([A-Z][a-z]{2} [ 123]\d) \d\d:\d\d:\d\d ").unwrap();
+    let captures = pattern
+        .captures(&line)
+        .unwrap_or_else(|| panic!("no RFC 3164 timestamp: {line:?}"));
+    let month_and_day = &captures[1];
+    assert!(
+        month_and_day == before || month_and_day == after,
+        "timestamp {month_and_day:?}, expected {before:?} (UTC): {line:?}"
+    );
+}
+
+#[test]
+fn syslog_stream_socket_stops_start() {
+    let fixture = fixture_with_policy();
+    let path = fixture.path().join("syslog-stream");
+    let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let path = path.to_string_lossy().to_string();
+    let arguments = common::broker_arguments(
+        &fixture,
+        &[
+            ("log_file", ""),
+            ("log_destination", "syslog"),
+            ("syslog_socket", path.as_str()),
+        ],
+    );
+    let output = common::run_broker_to_exit(&arguments);
+
+    assert_eq!(output.code(), Some(78), "{}", output.describe());
+    assert!(
+        output.stderr.contains("it is a stream socket"),
+        "{}",
+        output.describe()
+    );
+    assert!(output.stderr.contains(&path), "{}", output.describe());
+    assert!(!fixture.socket_path().exists());
+}

@@ -110,12 +110,7 @@ fn start_error_shows_cause_chain_once() {
 
     let output = run_broker_to_exit(&arguments);
 
-    assert_eq!(
-        output.code(),
-        Some(EXIT_START_FAILED),
-        "{}",
-        output.describe()
-    );
+    assert_eq!(output.code(), Some(EXIT_CONFIG), "{}", output.describe());
     let stderr = &output.stderr;
     let failure_lines: Vec<&str> = stderr
         .lines()
@@ -127,6 +122,111 @@ fn start_error_shows_cause_chain_once() {
         "{stderr}"
     );
     assert!(!stderr.contains("None"), "{stderr}");
+}
+
+/// Runs the broker with `overrides` on top of the test parameters, logging to stderr, and
+/// asserts that it exits with EXIT_CONFIG and names `expected` on stderr.
+fn assert_config_failure(fixture: &Fixture, overrides: &[(&str, &str)], expected: &str) {
+    let mut parameters = vec![("log_file", ""), ("log_destination", "stderr")];
+    parameters.extend_from_slice(overrides);
+    let output = run_broker_to_exit(&broker_arguments(fixture, &parameters));
+
+    assert_eq!(output.code(), Some(EXIT_CONFIG), "{}", output.describe());
+    assert!(output.stderr.contains(expected), "{}", output.describe());
+}
+
+/// Writes a regular file at `<fixture>/regular-file` and returns its path.
+fn regular_file(fixture: &Fixture) -> String {
+    let path = fixture.path().join("regular-file");
+    fs::write(&path, "not a directory\n").unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn socket_path_below_file_is_config_error() {
+    let fixture = fixture_with_policy();
+    let file = regular_file(&fixture);
+    let socket_path = format!("{file}/sub/broker.sock");
+
+    assert_config_failure(&fixture, &[("socket_path", &socket_path)], &file);
+}
+
+#[test]
+fn missing_policy_dir_is_config_error() {
+    let fixture = fixture_with_policy();
+    let policy_dir = fixture
+        .path()
+        .join("missing/policy.d")
+        .display()
+        .to_string();
+
+    assert_config_failure(&fixture, &[("policy_dir", &policy_dir)], &policy_dir);
+}
+
+#[test]
+fn policy_dir_file_is_config_error() {
+    let fixture = fixture_with_policy();
+    let policy_dir = regular_file(&fixture);
+
+    assert_config_failure(&fixture, &[("policy_dir", &policy_dir)], &policy_dir);
+}
+
+#[test]
+fn unusable_log_file_path_is_config_error() {
+    let fixture = fixture_with_policy();
+    let in_missing_directory = fixture.path().join("missing/broker.log");
+    let below_file = format!("{}/broker.log", regular_file(&fixture));
+
+    for log_file in [in_missing_directory.display().to_string(), below_file] {
+        let output = run_broker_to_exit(&broker_arguments(&fixture, &[("log_file", &log_file)]));
+
+        assert_eq!(output.code(), Some(EXIT_CONFIG), "{}", output.describe());
+        assert!(output.stderr.contains(&log_file), "{}", output.describe());
+    }
+}
+
+#[test]
+fn syslog_socket_below_file_is_config_error() {
+    let fixture = fixture_with_policy();
+    let syslog_socket = format!("{}/log", regular_file(&fixture));
+
+    assert_config_failure(
+        &fixture,
+        &[
+            ("log_destination", "syslog"),
+            ("syslog_socket", &syslog_socket),
+        ],
+        &syslog_socket,
+    );
+}
+
+#[test]
+fn syslog_socket_file_is_config_error() {
+    let fixture = fixture_with_policy();
+    let syslog_socket = regular_file(&fixture);
+
+    assert_config_failure(
+        &fixture,
+        &[
+            ("log_destination", "syslog"),
+            ("syslog_socket", &syslog_socket),
+        ],
+        "is a regular file, not a socket",
+    );
+}
+
+#[test]
+fn uid_limit_above_max_is_config_error() {
+    let fixture = fixture_with_policy();
+
+    assert_config_failure(
+        &fixture,
+        &[
+            ("max_connections", "10"),
+            ("max_connections_per_uid", "100"),
+        ],
+        "max_connections_per_uid (100) is larger than max_connections (10)",
+    );
 }
 
 #[test]

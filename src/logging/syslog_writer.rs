@@ -3,13 +3,17 @@
 //! event's level and the daemon facility.
 //!
 //! The lines come from the text or JSON formatter, which has already escaped every
-//! client-supplied string, so a line contains no line break of a client's.
+//! client-supplied string, so a line contains no line break of a client's. Input trusted:
+//! the administrator's syslog_socket path.
 
+use std::fmt::Display;
 use std::io::Write;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use syslog::{Facility, Formatter3164, LogFormat, Logger, LoggerBackend, Severity};
+use syslog::{Facility, LogFormat, Logger, LoggerBackend, Severity};
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -27,14 +31,16 @@ pub(super) struct SyslogMakeWriter {
 
 struct Connection {
     socket_path: PathBuf,
-    logger: Logger<LoggerBackend, Formatter3164>,
+    logger: Logger<LoggerBackend, Rfc3164Formatter>,
     /// Lines lost since the last line that was sent.
     lost: u64,
 }
 
 impl SyslogMakeWriter {
-    /// Connects to the datagram (or, failing that, stream) socket at `socket_path`.
-    pub(super) fn connect(socket_path: &Path) -> Result<SyslogMakeWriter, syslog::Error> {
+    /// Connects a datagram socket to `socket_path`. Fails with EPROTOTYPE when the path
+    /// is a stream socket. The broker never falls back to a stream, because a stream has
+    /// no message boundaries, so each event would need a NUL or newline terminator.
+    pub(super) fn connect(socket_path: &Path) -> std::io::Result<SyslogMakeWriter> {
         let logger = connect_logger(socket_path)?;
         Ok(SyslogMakeWriter {
             connection: Mutex::new(Connection {
@@ -54,16 +60,89 @@ impl SyslogMakeWriter {
     }
 }
 
-fn connect_logger(
-    socket_path: &Path,
-) -> Result<Logger<LoggerBackend, Formatter3164>, syslog::Error> {
-    let formatter = Formatter3164 {
-        facility: Facility::LOG_DAEMON,
-        hostname: None,
+/// Opens a datagram socket connected to `socket_path`. `syslog::unix_custom` would fall
+/// back to a stream socket, which this function never does.
+fn connect_logger(socket_path: &Path) -> std::io::Result<Logger<LoggerBackend, Rfc3164Formatter>> {
+    let socket = UnixDatagram::unbound()?;
+    socket.connect(socket_path)?;
+    let formatter = Rfc3164Formatter {
         process: IDENTIFIER.to_string(),
         pid: std::process::id(),
     };
-    syslog::unix_custom(formatter, socket_path)
+    Ok(Logger::new(LoggerBackend::Unix(socket), formatter))
+}
+
+/// RFC 3164 line format with facility daemon and no host name, which the local daemon
+/// adds. It replaces `syslog::Formatter3164`, which in syslog 7.0.0 writes the day of the
+/// month zero-padded (`Dec 04`), where RFC 3164 section 4.1.2 requires a space (`Dec  4`).
+struct Rfc3164Formatter {
+    process: String,
+    pid: u32,
+}
+
+impl<T: Display> LogFormat<T> for Rfc3164Formatter {
+    fn format<W: Write>(
+        &self,
+        writer: &mut W,
+        severity: Severity,
+        message: T,
+    ) -> syslog::Result<()> {
+        let priority = Facility::LOG_DAEMON as u8 | severity as u8;
+        let timestamp = format_timestamp(SystemTime::now());
+        write!(
+            writer,
+            "<{priority}>{timestamp} {}[{}]: {message}",
+            self.process, self.pid
+        )
+        .map_err(syslog::Error::Write)
+    }
+}
+
+const MONTH_NAMES: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Formats `time` as an RFC 3164 TIMESTAMP, `Mmm dd hh:mm:ss` with the day padded by a
+/// space, in UTC.
+// NOTE: RFC 3164 specifies local time, but the line carries UTC, as syslog 7.0.0 did on
+// unix, because std offers no time zone conversion.
+fn format_timestamp(time: SystemTime) -> String {
+    // A clock before 1970 is shown as the epoch.
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let days = seconds / 86_400;
+    let second_of_day = seconds % 86_400;
+    let (month, day) = month_and_day(days);
+    format!(
+        "{} {day:>2} {:02}:{:02}:{:02}",
+        MONTH_NAMES[month - 1],
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// Returns the month (1 to 12) and day of the month of the Gregorian date `days` days
+/// after 1970-01-01. The calculation counts from 0000-03-01, so that the leap day is
+/// the last day of its year, and uses 400-year cycles of 146097 days.
+fn month_and_day(days: u64) -> (usize, u64) {
+    // 719468 days lie between 0000-03-01 and 1970-01-01.
+    let shifted = days + 719_468;
+    let day_of_cycle = shifted % 146_097;
+    let year_of_cycle =
+        (day_of_cycle - day_of_cycle / 1460 + day_of_cycle / 36_524 - day_of_cycle / 146_096) / 365;
+    let day_of_year =
+        day_of_cycle - (365 * year_of_cycle + year_of_cycle / 4 - year_of_cycle / 100);
+    // Months counted from March: 0 is March, 11 is February. 153 days fill five months.
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
+    (month as usize, day)
 }
 
 impl<'writer> MakeWriter<'writer> for SyslogMakeWriter {
@@ -137,7 +216,7 @@ impl Connection {
                     self.logger = logger;
                     self.send_once(severity, line)
                 }
-                Err(error) => Err(error),
+                Err(error) => Err(syslog::Error::Io(error)),
             },
             Ok(()) => Ok(()),
         };
@@ -192,6 +271,63 @@ fn cut(line: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Returns the time `seconds` after the epoch.
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn timestamp_pads_single_digit_day_with_space() {
+        // 2026-12-04 21:50:09 UTC.
+        assert_eq!(format_timestamp(at(1_796_421_009)), "Dec  4 21:50:09");
+    }
+
+    #[test]
+    fn timestamp_of_epoch() {
+        assert_eq!(format_timestamp(at(0)), "Jan  1 00:00:00");
+    }
+
+    #[test]
+    fn timestamp_of_leap_day() {
+        // 2024-02-29 12:00:00 UTC.
+        assert_eq!(format_timestamp(at(1_709_208_000)), "Feb 29 12:00:00");
+    }
+
+    #[test]
+    fn timestamp_of_last_second_of_year() {
+        // 2025-12-31 23:59:59 UTC.
+        assert_eq!(format_timestamp(at(1_767_225_599)), "Dec 31 23:59:59");
+    }
+
+    #[test]
+    fn month_and_day_of_every_day_in_order() {
+        // Walks from 2000-01-01 (a leap year, divisible by 400) to 2100-12-31 (2100 is no
+        // leap year) and checks that each day follows the one before.
+        let lengths = |month: usize, year: u64| match month {
+            2 if year.is_multiple_of(4)
+                && (!year.is_multiple_of(100) || year.is_multiple_of(400)) =>
+            {
+                29
+            }
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        let (mut year, mut month, mut day) = (2000u64, 1usize, 1u64);
+        for days in 10_957..47_847 {
+            assert_eq!(month_and_day(days), (month, day), "day {days} of {year}");
+            day += 1;
+            if day > lengths(month, year) {
+                day = 1;
+                month += 1;
+                if month > 12 {
+                    month = 1;
+                    year += 1;
+                }
+            }
+        }
+    }
 
     #[test]
     fn cut_line_ends_at_char_boundary() {

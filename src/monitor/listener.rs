@@ -51,8 +51,8 @@ pub enum ListenerError {
 }
 
 impl ListenerError {
-    /// Returns whether the error breaks a rule on the socket path or on the socket passed
-    /// by the service manager, so that a restart fails the same way until the
+    /// Returns whether the error comes from the socket path or from the socket passed by
+    /// the service manager, so that a restart fails the same way until the
     /// administrator changes something.
     pub fn is_configuration(&self) -> bool {
         match self {
@@ -60,12 +60,21 @@ impl ListenerError {
             | ListenerError::UnsafeAncestor { .. }
             | ListenerError::UnsafeSocketPath { .. }
             | ListenerError::Activation { .. } => true,
-            ListenerError::OpenDirectory { .. }
-            | ListenerError::CreateDirectory { .. }
-            | ListenerError::InUse { .. }
-            | ListenerError::Socket { .. } => false,
+            ListenerError::OpenDirectory { source, .. }
+            | ListenerError::CreateDirectory { source, .. } => is_path_error(*source),
+            ListenerError::InUse { .. } | ListenerError::Socket { .. } => false,
         }
     }
+}
+
+/// Returns whether `error` means that a path from the parameters is unusable: a missing
+/// directory, a file where a directory belongs, no permission, or a read-only filesystem.
+/// Retrying the start fails the same way.
+fn is_path_error(error: nix::Error) -> bool {
+    matches!(
+        error,
+        nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::EACCES | nix::Error::EROFS
+    )
 }
 
 /// The listening socket. `file` is set when the broker created the socket file itself,
@@ -84,6 +93,14 @@ pub struct SocketFile {
     pub name: CString,
 }
 
+/// Owner, group and permission bits of the socket file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketFileStatus {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
 impl Listener {
     /// Starts listening with `backlog`. A socket passed by the service manager already
     /// listens, and listening again only updates its backlog.
@@ -92,6 +109,25 @@ impl Listener {
             .map_err(|source| socket_error("listen on", &self.path, source))?;
         socket::listen(&self.socket, backlog)
             .map_err(|source| socket_error("listen on", &self.path, source))
+    }
+
+    /// Reads the owner, group and mode of the socket file in use: relative to the
+    /// directory opened at start for a created socket, by its path for a passed one.
+    /// Symlinks are not followed.
+    pub fn file_status(&self) -> nix::Result<SocketFileStatus> {
+        let stat = match &self.file {
+            Some(file) => nix::sys::stat::fstatat(
+                &file.directory,
+                file.name.as_c_str(),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )?,
+            None => nix::sys::stat::lstat(&self.path)?,
+        };
+        Ok(SocketFileStatus {
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            mode: stat.st_mode & 0o7777,
+        })
     }
 
     /// Removes the socket file, relative to the directory opened at start. Does nothing
@@ -114,7 +150,12 @@ const LISTEN_FDS_START: RawFd = 3;
 /// Takes the listening socket passed by systemd-style socket activation: LISTEN_PID is
 /// this process and LISTEN_FDS is 1. Returns `Ok(None)` when no socket was passed. The
 /// variables are removed, as sd_listen_fds(3) does, so they describe nothing to anyone
-/// else. The descriptor must be a listening AF_UNIX stream socket.
+/// else. The descriptor must be a listening AF_UNIX stream socket bound to a path.
+///
+/// An abstract socket (a name that starts with NUL) or an unnamed one is rejected: it has
+/// no file, so no file mode or group limits who connects, and any process in the same
+/// network namespace could reach the broker. `socket_path` only names the socket in
+/// errors. The monitor compares the two paths once the log is open.
 pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerError> {
     let pid = std::env::var("LISTEN_PID").ok();
     let count = std::env::var("LISTEN_FDS").ok();
@@ -129,9 +170,9 @@ pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerEr
     if pid.parse::<u32>().ok() != Some(std::process::id()) {
         return Ok(None);
     }
-    let refuse = |reason: String| ListenerError::Activation { reason };
+    let reject = |reason: String| ListenerError::Activation { reason };
     if count != "1" {
-        return Err(refuse(format!(
+        return Err(reject(format!(
             "LISTEN_FDS is {count:?}, but the broker takes exactly one socket"
         )));
     }
@@ -139,15 +180,16 @@ pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerEr
     // process for it to own, and nothing else in the process has taken it.
     let socket = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
     let is_stream = getsockopt(&socket, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
-    let is_unix = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd())
-        .is_ok_and(|address| address.as_unix_addr().is_some());
-    if !(is_stream && is_unix) {
-        return Err(refuse(
+    let address = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd()).ok();
+    let unix_address = address.as_ref().and_then(|address| address.as_unix_addr());
+    let Some(unix_address) = unix_address.filter(|_| is_stream) else {
+        return Err(reject(
             "descriptor 3 is not a unix stream socket; pass a ListenStream= path".to_string(),
         ));
-    }
+    };
+    let path = passed_socket_path(unix_address).map_err(reject)?;
     if !getsockopt(&socket, sockopt::AcceptConn).unwrap_or(false) {
-        return Err(refuse("descriptor 3 is not listening".to_string()));
+        return Err(reject("descriptor 3 is not listening".to_string()));
     }
     // The descriptor must not reach parser children or scripts.
     nix::fcntl::fcntl(
@@ -155,19 +197,88 @@ pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerEr
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )
     .map_err(|source| socket_error("mark close-on-exec", socket_path, source))?;
-    let path = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd())
-        .ok()
-        .and_then(|address| {
-            address
-                .as_unix_addr()
-                .and_then(|unix| unix.path().map(Path::to_path_buf))
-        })
-        .unwrap_or_else(|| socket_path.to_path_buf());
     Ok(Some(Listener {
         socket,
         file: None,
         path,
     }))
+}
+
+/// Logs a warning for each way the socket passed by the service manager differs from the
+/// parameters: its path, its mode and its group. systemd's ListenStream=, SocketMode= and
+/// SocketGroup= set these, and the broker leaves them as they are, so a difference is a
+/// warning and not an error. `socket_gid` is the group the parameters give a socket that
+/// the broker creates.
+pub fn warn_about_passed_socket(
+    listener: &Listener,
+    socket_path: &Path,
+    socket_permissions: u32,
+    socket_gid: u32,
+) {
+    if listener.path != socket_path {
+        tracing::warn!(
+            passed_socket_path = %listener.path.display(),
+            socket_path = %socket_path.display(),
+            "the socket passed by the service manager is not at socket_path; clients must \
+             connect to the passed socket, so set socket_path to its path"
+        );
+    }
+    let status = match listener.file_status() {
+        Ok(status) => status,
+        Err(error) => {
+            tracing::warn!(
+                passed_socket_path = %listener.path.display(),
+                %error,
+                "failed to inspect the file of the socket passed by the service manager, so \
+                 its mode and group are not checked"
+            );
+            return;
+        }
+    };
+    if status.mode != socket_permissions {
+        tracing::warn!(
+            passed_socket_path = %listener.path.display(),
+            socket_mode = format!("{:04o}", status.mode),
+            socket_permissions = format!("{socket_permissions:04o}"),
+            "the socket passed by the service manager has a mode other than \
+             socket_permissions; set SocketMode= in the socket unit to match"
+        );
+    }
+    if status.gid != socket_gid {
+        tracing::warn!(
+            passed_socket_path = %listener.path.display(),
+            socket_gid = status.gid,
+            expected_socket_gid = socket_gid,
+            "the socket passed by the service manager has a group other than the one the \
+             parameters give the socket; set SocketGroup= in the socket unit to match"
+        );
+    }
+}
+
+/// Returns the file path that a passed socket is bound to, or the reason why the socket
+/// has none.
+fn passed_socket_path(address: &UnixAddr) -> Result<PathBuf, String> {
+    if let Some(name) = address.as_abstract() {
+        return Err(format!(
+            "descriptor 3 is the abstract unix socket @{}, which has no file mode, so any \
+             process in the network namespace could connect; pass a socket bound to a path \
+             (ListenStream=/run/...)",
+            String::from_utf8_lossy(name).escape_debug()
+        ));
+    }
+    match address.path() {
+        Some(path) if path.is_absolute() => Ok(path.to_path_buf()),
+        Some(path) => Err(format!(
+            "descriptor 3 is bound to the relative path {}, which cannot be checked; pass a \
+             socket bound to an absolute path",
+            path.display()
+        )),
+        None => Err(
+            "descriptor 3 is an unnamed unix socket, which has no file mode to limit who \
+             connects; pass a socket bound to a path (ListenStream=/run/...)"
+                .to_string(),
+        ),
+    }
 }
 
 /// Creates the socket directory if needed, removes a stale socket, binds, and sets group

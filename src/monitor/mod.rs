@@ -416,11 +416,9 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
             user.name, user.uid
         )));
     }
-    // A socket passed by the service manager keeps the group the manager gave it.
-    let socket_gid = match activated {
-        Some(_) => 0,
-        None => socket_group(&config, username_user.as_ref())?,
-    };
+    // A socket passed by the service manager keeps the group the manager gave it, and
+    // the broker only compares that group with this one.
+    let socket_gid = socket_group(&config, username_user.as_ref())?;
 
     let policy = match policy::load_dir(&config.policy_dir) {
         Ok(policy) => policy,
@@ -440,7 +438,16 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     // file, chose its owner and mode, and removes it.
     let listener = match activated.map(|socket| socket.0) {
         Some(listener) => {
-            tracing::info!(socket_path = %listener.path.display(), "using the socket passed by the service manager");
+            tracing::info!(
+                passed_socket_path = %listener.path.display(),
+                "using the socket passed by the service manager"
+            );
+            listener::warn_about_passed_socket(
+                &listener,
+                &config.socket_path,
+                config.socket_permissions,
+                socket_gid,
+            );
             listener
         }
         None => listener::create(&config.socket_path, socket_gid, config.socket_permissions)?,
@@ -552,17 +559,32 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     }
 
     let config = &shared.config;
-    // The socket fields describe the socket in use. A socket passed by the service
-    // manager has the owner and mode the manager gave it, not those of the parameters.
+    // The socket fields describe the socket in use, read from its file. A socket passed
+    // by the service manager has the path, owner and mode the manager gave it, which may
+    // differ from the parameters.
     let socket_origin = if listener.file.is_some() {
         "created"
     } else {
         "passed by the service manager"
     };
+    let socket_status = match listener.file_status() {
+        Ok(status) => Some(status),
+        Err(error) => {
+            tracing::warn!(
+                socket_path = %listener.path.display(),
+                %error,
+                "failed to inspect the socket file for the start-up banner"
+            );
+            None
+        }
+    };
+    let socket_mode = socket_status.map(|status| format!("{:04o}", status.mode));
     tracing::info!(
         socket_path = %listener.path.display(),
         socket = socket_origin,
-        socket_gid = listener.file.as_ref().map(|_| socket_gid),
+        socket_uid = socket_status.map(|status| status.uid),
+        socket_gid = socket_status.map(|status| status.gid),
+        socket_mode = socket_mode.as_deref(),
         commands = %command_names.join(","),
         version = env!("CARGO_PKG_VERSION"),
         parameters = config.effective_parameters().as_str(),
