@@ -486,4 +486,13 @@ mod tests {
         assert_eq!(exit_status(&json!({ "signal": 1 })).ok(), Some(129));
         assert_eq!(exit_status(&json!({ "signal": 64 })).ok(), Some(192));
     }
+
+    #[test]
+    fn usage_names_stdin_maximum() {
+        let words = USAGE.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains(&format!("at most {MAX_STDIN_BYTES} bytes")),
+            "{USAGE}"
+        );
+    }
 }

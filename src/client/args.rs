@@ -42,7 +42,9 @@ options:
   --json         print the broker's whole reply as one JSON object on stdout
   --stdin        call only: read standard input to its end and send it to the
                  script (UTF-8 text, at most 65536 bytes, and at most the
-                 command's stdin_limit). Without it, standard input is not read.
+                 command's stdin_limit). The whole request must also fit the
+                 broker's max_frame_bytes (default 65536). Without --stdin,
+                 standard input is not read.
   -h, --help     print this help
   --             end the options, so that the next word is COMMAND even when it
                  starts with '-'
