@@ -1,8 +1,10 @@
 //! The command-line client: `call`, `list` and `describe` over the varlink protocol.
 //!
-//! Runs as any user. Trusts nothing but the socket path it is given: a reply that is not
-//! JSON, too large, or carries output that does not decode is an error (exit 69), never
-//! printed in part.
+//! Runs as any user and trusts nothing but the socket path it is given. An invalid reply
+//! is an error (exit 69), never printed in part: one that is not JSON or too large, whose
+//! output does not decode, or whose exit code or signal no process can have. The client
+//! escapes control characters in the strings of a reply before they reach the terminal,
+//! but writes the script's output byte for byte.
 #![forbid(unsafe_code)]
 
 mod args;
@@ -21,6 +23,7 @@ use thiserror::Error;
 pub use args::{Subcommand, USAGE};
 
 use crate::protocol::base64;
+use crate::protocol::channel::MAX_STDIN_BYTES;
 
 /// Exit status when the broker rejected the request (the error is on stderr).
 pub const EXIT_REJECTED: u8 = 65;
@@ -73,22 +76,30 @@ enum CallError {
     },
     #[error("invalid reply from the broker: Run reply has none of timed_out, exit_code and signal")]
     MissingOutcome,
+    #[error("invalid reply from the broker: exit_code {value} is not an integer from 0 to 255")]
+    InvalidExitCode { value: Value },
+    #[error("invalid reply from the broker: signal {value} is not an integer from 1 to 64")]
+    InvalidSignal { value: Value },
 }
 
 /// Runs `call`, `list` or `describe` with the words after the subcommand.
 pub fn main(subcommand: Subcommand, words: &[String]) -> ExitCode {
-    let request = match args::parse(subcommand, words, std::env::var_os(args::SOCKET_ENV)) {
+    let mut request = match args::parse(subcommand, words, std::env::var_os(args::SOCKET_ENV)) {
         Ok(args::Invocation::Help) => {
             write_stdout(format!("{USAGE}\n").as_bytes());
             return ExitCode::SUCCESS;
         }
         Ok(args::Invocation::Request(request)) => request,
-        Err(error) => {
-            print_error(&error);
-            print_stderr(USAGE);
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(error) => return usage_error(subcommand, &error),
     };
+    // Standard input is read only on request, so that an interactive call never waits
+    // for input the user did not mean to send.
+    if request.stdin {
+        match args::read_stdin(io::stdin().lock(), MAX_STDIN_BYTES) {
+            Ok(text) => request.parameters["stdin"] = Value::String(text),
+            Err(error) => return usage_error(subcommand, &error),
+        }
+    }
     let reply = match call(&request.socket, request.method, &request.parameters) {
         Ok(reply) => reply,
         Err(error) => {
@@ -102,6 +113,7 @@ pub fn main(subcommand: Subcommand, words: &[String]) -> ExitCode {
 
     if let Some(error) = reply.get("error").and_then(Value::as_str) {
         if !request.json {
+            // print_stderr escapes the control characters of the name and parameters.
             let parameters = reply.get("parameters").cloned().unwrap_or(Value::Null);
             print_stderr(&format!("secure_socket: {error}: {parameters}"));
         }
@@ -121,6 +133,17 @@ pub fn main(subcommand: Subcommand, words: &[String]) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// Prints a usage error with the subcommand's usage line and returns exit status 64.
+fn usage_error(subcommand: Subcommand, error: &args::UsageError) -> ExitCode {
+    print_error(error);
+    print_stderr(args::usage_line(subcommand));
+    print_stderr(&format!(
+        "run `secure_socket {} --help` for more",
+        subcommand.name()
+    ));
+    ExitCode::from(EXIT_USAGE)
 }
 
 /// Writes the output of a Run reply, followed by a note when it was truncated, and
@@ -148,7 +171,10 @@ fn finish_call(request: &args::Request, parameters: &Value) -> ExitCode {
         write_stdout(&stdout);
         write_stream(&mut io::stderr().lock(), "stderr", &stderr);
         let command = request.parameters["command"].as_str().unwrap_or_default();
-        if let Some(note) = truncation_note(parameters, command) {
+        let socket = request
+            .socket_from_option
+            .then_some(request.socket.as_path());
+        if let Some(note) = truncation_note(parameters, command, socket) {
             print_stderr(&note);
         }
     }
@@ -224,8 +250,9 @@ fn output_bytes(parameters: &Value, stream: &str) -> Result<Vec<u8>, CallError> 
 }
 
 /// Returns the one-line note that follows truncated output, or `None` when the broker
-/// truncated neither stream.
-fn truncation_note(parameters: &Value, command: &str) -> Option<String> {
+/// truncated neither stream. The suggested `describe` command line carries `socket`,
+/// the path the user gave with `--socket`, when there is one.
+fn truncation_note(parameters: &Value, command: &str, socket: Option<&Path>) -> Option<String> {
     let is_truncated = |stream: &str| parameters[format!("{stream}_truncated")] == json!(true);
     let streams = match (is_truncated("stdout"), is_truncated("stderr")) {
         (false, false) => return None,
@@ -233,25 +260,51 @@ fn truncation_note(parameters: &Value, command: &str) -> Option<String> {
         (false, true) => "stderr was",
         (true, true) => "stdout and stderr were",
     };
+    let mut describe = String::from("secure_socket describe");
+    if let Some(socket) = socket {
+        describe.push_str(" --socket ");
+        describe.push_str(&format::shell_word(&socket.to_string_lossy()));
+    }
+    if command.starts_with('-') {
+        describe.push_str(" --");
+    }
+    describe.push(' ');
+    describe.push_str(&format::shell_word(command));
     Some(format!(
         "secure_socket: the script's {streams} truncated at the command's output_limit, \
-         which `secure_socket describe {command}` shows"
+         which `{describe}` shows"
     ))
 }
 
 /// Returns the exit status of `call` for a Run reply: 124 when the script timed out, its
-/// exit code when it exited, and 128+N when signal N killed it.
+/// exit code when it exited, and 128+N when signal N killed it. An exit code outside
+/// 0..=255 or a signal outside 1..=64 (the range of Linux signal numbers) is an invalid
+/// reply, so that a faulty or hostile server cannot turn a failure into exit status 0.
 fn exit_status(parameters: &Value) -> Result<u8, CallError> {
     if parameters.get("timed_out").and_then(Value::as_bool) == Some(true) {
         return Ok(EXIT_TIMED_OUT);
     }
-    if let Some(code) = parameters.get("exit_code").and_then(Value::as_i64) {
-        return Ok(code.clamp(0, 255) as u8);
+    match parameters.get("exit_code") {
+        None | Some(Value::Null) => {}
+        Some(value) => {
+            return value
+                .as_u64()
+                .and_then(|code| u8::try_from(code).ok())
+                .ok_or_else(|| CallError::InvalidExitCode {
+                    value: value.clone(),
+                });
+        }
     }
-    if let Some(signal) = parameters.get("signal").and_then(Value::as_i64) {
-        return Ok((128 + signal).clamp(0, 255) as u8);
+    match parameters.get("signal") {
+        None | Some(Value::Null) => Err(CallError::MissingOutcome),
+        Some(value) => value
+            .as_u64()
+            .filter(|signal| (1..=64).contains(signal))
+            .and_then(|signal| u8::try_from(128 + signal).ok())
+            .ok_or_else(|| CallError::InvalidSignal {
+                value: value.clone(),
+            }),
     }
-    Err(CallError::MissingOutcome)
 }
 
 fn write_stdout(bytes: &[u8]) {
@@ -283,9 +336,11 @@ fn print_error(error: &dyn Error) {
     print_stderr(&line);
 }
 
-/// Prints one line on stderr. There is nowhere left to report a failure to, so it is
-/// ignored.
+/// Prints one line on stderr, with its control characters escaped, because the line may
+/// carry strings from the server, such as an error name or message. There is nowhere
+/// left to report a write failure to, so it is ignored.
 fn print_stderr(line: &str) {
+    let line = format::escape_control(line);
     let _ = writeln!(io::stderr().lock(), "{line}");
 }
 
@@ -367,16 +422,77 @@ mod tests {
     #[test]
     fn truncation_note_names_streams_and_limit() {
         let reply = json!({ "stdout_truncated": true, "stderr_truncated": false });
-        let note = truncation_note(&reply, "greet").unwrap();
+        let note = truncation_note(&reply, "greet", None).unwrap();
         assert_eq!(
             note,
             "secure_socket: the script's stdout was truncated at the command's \
              output_limit, which `secure_socket describe greet` shows"
         );
         let reply = json!({ "stdout_truncated": true, "stderr_truncated": true });
-        let note = truncation_note(&reply, "greet").unwrap();
+        let note = truncation_note(&reply, "greet", None).unwrap();
         assert!(note.contains("stdout and stderr were truncated"), "{note}");
         let reply = json!({ "stdout_truncated": false, "stderr_truncated": false });
-        assert_eq!(truncation_note(&reply, "greet"), None);
+        assert_eq!(truncation_note(&reply, "greet", None), None);
+    }
+
+    #[test]
+    fn truncation_note_passes_socket_option() {
+        let reply = json!({ "stdout_truncated": true });
+        let note = truncation_note(&reply, "greet", Some(Path::new("/run/my broker.sock")));
+        assert!(
+            note.unwrap()
+                .ends_with("`secure_socket describe --socket '/run/my broker.sock' greet` shows"),
+        );
+        let note = truncation_note(&reply, "-x", Some(Path::new("/run/b.sock")));
+        assert!(
+            note.unwrap()
+                .ends_with("`secure_socket describe --socket /run/b.sock -- -x` shows")
+        );
+    }
+
+    #[test]
+    fn exit_status_rejects_impossible_values() {
+        for parameters in [
+            json!({ "exit_code": -1 }),
+            json!({ "exit_code": 256 }),
+            json!({ "exit_code": 300 }),
+            json!({ "exit_code": 1.5 }),
+            json!({ "exit_code": "0" }),
+        ] {
+            let status = exit_status(&parameters);
+            assert!(
+                matches!(status, Err(CallError::InvalidExitCode { .. })),
+                "{parameters}: {status:?}"
+            );
+        }
+        for parameters in [
+            json!({ "signal": 0 }),
+            json!({ "signal": 65 }),
+            json!({ "signal": 200 }),
+            json!({ "signal": -9 }),
+        ] {
+            let status = exit_status(&parameters);
+            assert!(
+                matches!(status, Err(CallError::InvalidSignal { .. })),
+                "{parameters}: {status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn exit_status_accepts_range_ends() {
+        assert_eq!(exit_status(&json!({ "exit_code": 0 })).ok(), Some(0));
+        assert_eq!(exit_status(&json!({ "exit_code": 255 })).ok(), Some(255));
+        assert_eq!(exit_status(&json!({ "signal": 1 })).ok(), Some(129));
+        assert_eq!(exit_status(&json!({ "signal": 64 })).ok(), Some(192));
+    }
+
+    #[test]
+    fn usage_names_stdin_maximum() {
+        let words = USAGE.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains(&format!("at most {MAX_STDIN_BYTES} bytes")),
+            "{USAGE}"
+        );
     }
 }

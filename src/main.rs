@@ -51,6 +51,18 @@ fn print_help() {
 }
 
 fn check_policy(args: &[String]) -> ExitCode {
+    if let [option] = args
+        && (option == "--help" || option == "-h")
+    {
+        println!(
+            "usage: secure_socket check-policy DIR\n\n\
+             Loads and checks every *.toml file directly in DIR, as the broker does at\n\
+             start, and prints each error. Exit status: 0 for a valid policy, 1 for an\n\
+             invalid one, {} for invalid usage.",
+            client::EXIT_USAGE
+        );
+        return ExitCode::SUCCESS;
+    }
     let [dir] = args else {
         eprintln!("usage: secure_socket check-policy DIR");
         return ExitCode::from(client::EXIT_USAGE);
@@ -61,14 +73,18 @@ fn check_policy(args: &[String]) -> ExitCode {
     };
     match policy::load_dir(std::path::Path::new(dir)) {
         Ok(policy) => {
-            println!("{dir}: valid, {} commands", policy.commands.len());
+            let count = policy.commands.len();
+            let noun = if count == 1 { "command" } else { "commands" };
+            println!("{dir}: valid, {count} {noun}");
             ExitCode::SUCCESS
         }
         Err(error) => {
             for entry in &error.errors {
                 println!("{entry}");
             }
-            eprintln!("{dir}: invalid, {} errors", error.errors.len());
+            let count = error.errors.len();
+            let noun = if count == 1 { "error" } else { "errors" };
+            eprintln!("{dir}: invalid, {count} {noun}");
             ExitCode::FAILURE
         }
     }
@@ -170,9 +186,13 @@ fn main() -> ExitCode {
             print_help();
             ExitCode::SUCCESS
         }
-        "--version" | "-V" => {
+        "--version" | "-V" if rest.is_empty() => {
             println!("secure_socket {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
+        }
+        "--version" | "-V" => {
+            eprintln!("usage: secure_socket --version (it takes no arguments)");
+            ExitCode::from(client::EXIT_USAGE)
         }
         "check-policy" => check_policy(rest),
         "call" => client::main(client::Subcommand::Call, rest),

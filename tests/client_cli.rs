@@ -1,8 +1,20 @@
 //! Runs the command-line client (`secure_socket call`) as www-data against a real broker:
 //! exact output bytes, the note after truncated output, exit codes that a script can
-//! share with the client's own errors or with a signal, and option parsing.
+//! share with the client's own errors or with a signal, stdin, and option parsing.
+//!
+//! Replies that no broker sends (an impossible exit code, escape sequences in an error)
+//! come from a one-shot unix socket server that the test starts in its own fixture.
 
 mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
 
 use serde_json::{Value, json};
 
@@ -76,6 +88,22 @@ run_as = "nobody"
 allow_users = ["www-data"]
 timeout_ms = 300
 capture_output = true
+
+[command.echo-stdin]
+description = "Copy stdin to stdout"
+script = "@FIXTURE@/scripts/echo-stdin"
+run_as = "nobody"
+allow_users = ["www-data"]
+capture_output = true
+stdin_limit = 65536
+output_limit = 65536
+
+[command.quiet]
+description = ""
+script = "@FIXTURE@/scripts/greet"
+run_as = "nobody"
+allow_users = ["www-data"]
+argv = ["quiet"]
 "#;
 
 /// Appends the name to out/greet.log, so that a test can tell whether the script ran.
@@ -90,6 +118,11 @@ const SELF_KILL_SCRIPT: &str = "#!/bin/sh\nkill -KILL $$\n";
 
 const SLEEP_SCRIPT: &str = "#!/bin/sh\nsleep 30\n";
 
+const ECHO_STDIN_SCRIPT: &str = "#!/bin/sh\nexec cat\n";
+
+/// Largest stdin of a Run request, in bytes.
+const MAX_STDIN_BYTES: usize = 65_536;
+
 /// A running broker with the policy above. The broker is dropped before the fixture,
 /// because its socket lives in the fixture.
 struct Setup {
@@ -99,6 +132,11 @@ struct Setup {
 
 impl Setup {
     fn start() -> Setup {
+        Setup::start_with(&[])
+    }
+
+    /// Starts the broker with `params` in place of their defaults.
+    fn start_with(params: &[(&str, &str)]) -> Setup {
         let fixture = Fixture::new();
         fixture.write_policy("commands", POLICY);
         fixture.write_script("greet", GREET_SCRIPT);
@@ -108,7 +146,8 @@ impl Setup {
         fixture.write_script("exit-with", EXIT_WITH_SCRIPT);
         fixture.write_script("self-kill", SELF_KILL_SCRIPT);
         fixture.write_script("sleep", SLEEP_SCRIPT);
-        let broker = Broker::start(&fixture, &[]);
+        fixture.write_script("echo-stdin", ECHO_STDIN_SCRIPT);
+        let broker = Broker::start(&fixture, params);
         Setup { broker, fixture }
     }
 
@@ -134,23 +173,36 @@ impl Setup {
     }
 }
 
-/// Checks that `output` is a usage error: exit 64, nothing on stdout, and `message` and
-/// the usage on stderr.
+/// Checks that `output` is a usage error: exit 64, nothing on stdout, and on stderr three
+/// lines: `message`, the one-line usage and the pointer to `--help`.
 fn assert_usage_error(output: &ProcessOutput, message: &str) {
     assert_eq!(output.code(), Some(64), "{}", output.describe());
     assert!(output.stdout.is_empty(), "{}", output.describe());
-    assert!(output.stderr.contains(message), "{}", output.describe());
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", output.describe());
+    assert!(lines[0].contains(message), "{}", output.describe());
     assert!(
-        output.stderr.contains("usage: secure_socket call"),
+        lines[1].starts_with("usage: secure_socket "),
+        "{}",
+        output.describe()
+    );
+    assert!(
+        lines[2].starts_with("run `secure_socket ") && lines[2].ends_with(" --help` for more"),
         "{}",
         output.describe()
     );
 }
 
-fn truncation_note(streams: &str, command: &str) -> String {
+/// Returns the note after truncated output. `socket` is the path passed with `--socket`,
+/// which the suggested command line repeats.
+fn truncation_note(streams: &str, socket: Option<&Path>, command: &str) -> String {
+    let socket_option = match socket {
+        Some(path) => format!("--socket {} ", path.display()),
+        None => String::new(),
+    };
     format!(
         "secure_socket: the script's {streams} truncated at the command's output_limit, \
-         which `secure_socket describe {command}` shows\n"
+         which `secure_socket describe {socket_option}{command}` shows\n"
     )
 }
 
@@ -218,7 +270,11 @@ fn call_writes_output_cut_inside_character() {
     );
     assert_eq!(
         output.stderr,
-        truncation_note("stdout was", "split-character"),
+        truncation_note(
+            "stdout was",
+            Some(&setup.fixture.socket_path()),
+            "split-character"
+        ),
         "{}",
         output.describe()
     );
@@ -235,7 +291,30 @@ fn call_notes_truncation_after_output() {
     let expected_stderr = format!(
         "{}{}",
         "e".repeat(16),
-        truncation_note("stdout and stderr were", "flood")
+        truncation_note(
+            "stdout and stderr were",
+            Some(&setup.fixture.socket_path()),
+            "flood"
+        )
+    );
+    assert_eq!(output.stderr, expected_stderr, "{}", output.describe());
+}
+
+#[test]
+fn truncation_note_without_socket_option() {
+    let setup = Setup::start();
+    let socket = setup.fixture.socket_path();
+
+    let output = setup.client_without_socket(
+        &["call", "flood"],
+        &[("SECURE_SOCKET_PATH", &socket.to_string_lossy())],
+    );
+
+    assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
+    let expected_stderr = format!(
+        "{}{}",
+        "e".repeat(16),
+        truncation_note("stdout and stderr were", None, "flood")
     );
     assert_eq!(output.stderr, expected_stderr, "{}", output.describe());
 }
@@ -560,4 +639,417 @@ fn non_utf8_argument_is_usage_error() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(64));
+}
+
+/// Runs the client as www-data with `--socket` and `args`, like [`Setup::client`], but
+/// with `stdin` as its standard input. A client still running after [`CLIENT_TIMEOUT`]
+/// is killed and the test fails.
+fn client_with_stdin(setup: &Setup, args: &[&str], stdin: Stdio) -> ProcessOutput {
+    let socket = setup.fixture.socket_path();
+    let socket = socket.to_string_lossy();
+    let mut full_args = vec![args[0], "--socket", &socket];
+    full_args.extend_from_slice(&args[1..]);
+    let mut command = command_as(WWW_DATA, setup.fixture.client_binary(), &full_args, &[]);
+    command.stdin(stdin);
+    run_with_timeout(command)
+}
+
+/// Runs `command` with piped stdout and stderr and the stdin it already has.
+fn run_with_timeout(mut command: Command) -> ProcessOutput {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stdout_reader = thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stdout.read_to_end(&mut bytes);
+        bytes
+    });
+    let stderr_reader = thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = stderr.read_to_end(&mut bytes);
+        bytes
+    });
+    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the client did not exit within {CLIENT_TIMEOUT:?} and was killed");
+        }
+        thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout_bytes = stdout_reader.join().unwrap();
+    let stderr_bytes = stderr_reader.join().unwrap();
+    ProcessOutput {
+        status,
+        stdout: String::from_utf8_lossy(&stdout_bytes).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr_bytes).into_owned(),
+        stdout_bytes,
+        stderr_bytes,
+    }
+}
+
+/// Writes `bytes` to a file in the fixture and returns it as a stdin for the client.
+fn stdin_file(setup: &Setup, name: &str, bytes: &[u8]) -> Stdio {
+    let path = setup.fixture.out_file(name);
+    std::fs::write(&path, bytes).unwrap();
+    Stdio::from(File::open(&path).unwrap())
+}
+
+#[test]
+fn call_stdin_reaches_script() {
+    let setup = Setup::start();
+    let text = "caf\u{e9}\nsecond line\n";
+
+    let stdin = stdin_file(&setup, "stdin-text", text.as_bytes());
+    let output = client_with_stdin(&setup, &["call", "--stdin", "echo-stdin"], stdin);
+
+    assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
+    assert_eq!(output.stdout, text, "{}", output.describe());
+    assert!(output.stderr.is_empty(), "{}", output.describe());
+}
+
+#[test]
+fn call_stdin_at_max_is_sent() {
+    // The request carries the stdin and its JSON envelope, which the default
+    // max_frame_bytes (65536) cannot hold together.
+    let setup = Setup::start_with(&[("max_frame_bytes", "1048576")]);
+    let text = "x".repeat(MAX_STDIN_BYTES);
+
+    let stdin = stdin_file(&setup, "stdin-max", text.as_bytes());
+    let output = client_with_stdin(&setup, &["call", "--stdin", "echo-stdin"], stdin);
+
+    assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
+    assert_eq!(output.stdout.len(), MAX_STDIN_BYTES);
+    assert!(output.stdout == text, "stdout differs from stdin");
+}
+
+#[test]
+fn call_stdin_over_frame_limit_is_rejected() {
+    let setup = Setup::start();
+
+    let stdin = stdin_file(&setup, "stdin-max", &vec![b'x'; MAX_STDIN_BYTES]);
+    let output = client_with_stdin(&setup, &["call", "--stdin", "echo-stdin"], stdin);
+
+    assert_eq!(output.code(), Some(65), "{}", setup.describe(&output));
+    assert!(
+        output
+            .stderr
+            .contains("org.securesocket.Broker.RequestTooLarge"),
+        "{}",
+        output.describe()
+    );
+}
+
+#[test]
+fn call_stdin_over_max_is_usage_error() {
+    let setup = Setup::start();
+
+    let stdin = stdin_file(&setup, "stdin-large", &vec![b'x'; MAX_STDIN_BYTES + 1]);
+    let output = client_with_stdin(&setup, &["call", "--stdin", "echo-stdin"], stdin);
+
+    assert_usage_error(&output, "standard input is larger than 65536 bytes");
+}
+
+#[test]
+fn call_stdin_non_utf8_is_usage_error() {
+    let setup = Setup::start();
+
+    let stdin = stdin_file(&setup, "stdin-binary", b"ok\xff\n");
+    let output = client_with_stdin(&setup, &["call", "--stdin", "echo-stdin"], stdin);
+
+    assert_usage_error(&output, "invalid standard input: not valid UTF-8");
+}
+
+#[test]
+fn call_without_stdin_option_reads_nothing() {
+    let setup = Setup::start();
+    // The write end stays open with data in the pipe, so a client that read stdin would
+    // wait until the timeout or send the data.
+    let (reader, mut writer) = std::io::pipe().unwrap();
+    writer.write_all(b"not for the script\n").unwrap();
+
+    let output = client_with_stdin(&setup, &["call", "echo-stdin"], Stdio::from(reader));
+
+    assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
+    assert_eq!(output.stdout, "", "{}", output.describe());
+    drop(writer);
+}
+
+#[test]
+fn stdin_option_rejected_outside_call() {
+    let setup = Setup::start();
+
+    for args in [&["list", "--stdin"][..], &["describe", "--stdin", "greet"]] {
+        let output = setup.client(args);
+        assert_usage_error(&output, "option --stdin is valid for call only");
+    }
+}
+
+#[test]
+fn call_negative_zero_is_integer_zero() {
+    let setup = Setup::start();
+
+    let output = setup.client(&["call", "exit-with", "code:=-0"]);
+
+    assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
+    assert!(output.stderr.is_empty(), "{}", output.describe());
+}
+
+#[test]
+fn list_prints_one_line_per_command() {
+    let setup = Setup::start();
+
+    let output = setup.client(&["list"]);
+
+    assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
+    assert_eq!(output.stdout.lines().count(), 9, "{}", output.describe());
+    for line in output.stdout.lines() {
+        assert_eq!(line, line.trim_end(), "trailing spaces in {line:?}");
+    }
+    assert!(
+        output.stdout.lines().any(|line| line == "quiet"),
+        "{}",
+        output.describe()
+    );
+}
+
+#[test]
+fn list_escapes_line_break_in_description() {
+    let fixture = Fixture::new();
+    let reply = json!({ "parameters": { "commands": [
+        { "name": "a", "description": "first\nsecond" },
+        { "name": "b", "description": "red \u{1b}[31mtext" },
+    ]}});
+    let server = FakeServer::start(&fixture, "list", &reply.to_string());
+
+    let output = server.client(&fixture, &["list"]);
+
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert_eq!(
+        output.stdout,
+        "a  first\\nsecond\nb  red \\u{1b}[31mtext\n",
+        "{}",
+        output.describe()
+    );
+}
+
+/// A unix socket server that accepts one connection, reads one request up to its NUL
+/// byte, and sends `reply` followed by NUL, as a faulty or hostile broker could.
+struct FakeServer {
+    path: PathBuf,
+    request: mpsc::Receiver<Vec<u8>>,
+}
+
+impl FakeServer {
+    fn start(fixture: &Fixture, name: &str, reply: &str) -> FakeServer {
+        let path = fixture.socket_dir().join(format!("{name}.sock"));
+        let listener = UnixListener::bind(&path).unwrap();
+        // www-data connects, which needs write permission on the socket.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut frame = reply.as_bytes().to_vec();
+        frame.push(0);
+        let (sender, request) = mpsc::channel();
+        thread::spawn(move || {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut received = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !received.contains(&0) {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(count) => received.extend_from_slice(&chunk[..count]),
+                }
+            }
+            let _ = stream.write_all(&frame);
+            let _ = sender.send(received);
+        });
+        FakeServer { path, request }
+    }
+
+    /// Runs the client as www-data against this server.
+    fn client(&self, fixture: &Fixture, args: &[&str]) -> ProcessOutput {
+        let socket = self.path.to_string_lossy();
+        let mut full_args = vec![args[0], "--socket", &socket];
+        full_args.extend_from_slice(&args[1..]);
+        spawn(command_as(
+            WWW_DATA,
+            fixture.client_binary(),
+            &full_args,
+            &[],
+        ))
+        .finish(CLIENT_TIMEOUT)
+    }
+
+    /// Returns the request the server received, without its NUL byte.
+    fn received_request(&self) -> Value {
+        let mut request = self
+            .request
+            .recv_timeout(CLIENT_TIMEOUT)
+            .expect("the fake server received no request");
+        request.retain(|&byte| byte != 0);
+        serde_json::from_slice(&request).unwrap()
+    }
+}
+
+#[test]
+fn call_rejects_impossible_exit_status() {
+    let fixture = Fixture::new();
+    // Outcome fields of a Run reply, and the part of the error message that names them.
+    let cases = [
+        (r#""exit_code":-1,"timed_out":false"#, "exit_code -1 is not"),
+        (
+            r#""exit_code":256,"timed_out":false"#,
+            "exit_code 256 is not",
+        ),
+        (
+            r#""exit_code":300,"timed_out":false"#,
+            "exit_code 300 is not",
+        ),
+        (
+            r#""exit_code":"0","timed_out":false"#,
+            "exit_code \"0\" is not",
+        ),
+        (r#""exit_code":null,"signal":0"#, "signal 0 is not"),
+        (r#""exit_code":null,"signal":65"#, "signal 65 is not"),
+        (r#""exit_code":null,"signal":200"#, "signal 200 is not"),
+    ];
+    for (index, (parameters, message)) in cases.iter().enumerate() {
+        let reply = format!(r#"{{"parameters":{{"stdout":"out","stderr":null,{parameters}}}}}"#);
+        let server = FakeServer::start(&fixture, &format!("exit-{index}"), &reply);
+
+        let output = server.client(&fixture, &["call", "greet"]);
+
+        assert_eq!(output.code(), Some(69), "{reply}\n{}", output.describe());
+        assert!(output.stdout.is_empty(), "{reply}\n{}", output.describe());
+        assert!(
+            output.stderr.contains("invalid reply from the broker"),
+            "{reply}\n{}",
+            output.describe()
+        );
+        assert!(
+            output.stderr.contains(message),
+            "{reply}\n{}",
+            output.describe()
+        );
+    }
+}
+
+#[test]
+fn call_escapes_control_characters_in_error() {
+    let fixture = Fixture::new();
+    let reply = json!({
+        "error": "org.securesocket.Broker.\u{1b}]0;title\u{7}Denied",
+        "parameters": {
+            "field": "\u{9b}31m",
+            "rule": "\u{7f}",
+            "message": "a\u{1b}[2Jb\nsecond line",
+        },
+    });
+    let server = FakeServer::start(&fixture, "escape", &reply.to_string());
+
+    let output = server.client(&fixture, &["call", "greet"]);
+
+    assert_eq!(output.code(), Some(65), "{}", output.describe());
+    let stderr = &output.stderr_bytes;
+    assert!(!stderr.contains(&0x1b), "ESC in {:?}", output.stderr);
+    assert!(!stderr.contains(&0x07), "BEL in {:?}", output.stderr);
+    assert!(!stderr.contains(&0x7f), "DEL in {:?}", output.stderr);
+    assert!(
+        !stderr.windows(2).any(|pair| pair == [0xc2, 0x9b]),
+        "CSI in {:?}",
+        output.stderr
+    );
+    assert_eq!(output.stderr.lines().count(), 1, "{}", output.describe());
+    assert!(
+        output
+            .stderr
+            .contains("org.securesocket.Broker.\\u{1b}]0;title\\u{7}Denied"),
+        "{}",
+        output.describe()
+    );
+}
+
+#[test]
+fn call_without_stdin_option_omits_field() {
+    let fixture = Fixture::new();
+    let reply = r#"{"parameters":{"exit_code":0,"signal":null,"timed_out":false}}"#;
+
+    let server = FakeServer::start(&fixture, "no-stdin", reply);
+    let output = server.client(&fixture, &["call", "greet"]);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    let request = server.received_request();
+    assert_eq!(request["parameters"].get("stdin"), None, "{request}");
+}
+
+/// Runs the binary as root with exactly `args`.
+fn run_binary(args: &[&str]) -> ProcessOutput {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_secure_socket"));
+    command.args(args);
+    spawn(command).finish(CLIENT_TIMEOUT)
+}
+
+#[test]
+fn version_takes_no_arguments() {
+    let output = run_binary(&["--version"]);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert!(
+        output.stdout.starts_with("secure_socket "),
+        "{}",
+        output.describe()
+    );
+
+    let output = run_binary(&["--version", "extra"]);
+    assert_eq!(output.code(), Some(64), "{}", output.describe());
+    assert!(output.stdout.is_empty(), "{}", output.describe());
+}
+
+#[test]
+fn check_policy_help_exits_zero() {
+    for option in ["--help", "-h"] {
+        let output = run_binary(&["check-policy", option]);
+        assert_eq!(output.code(), Some(0), "{}", output.describe());
+        assert!(
+            output
+                .stdout
+                .starts_with("usage: secure_socket check-policy DIR\n"),
+            "{}",
+            output.describe()
+        );
+        assert!(output.stderr.is_empty(), "{}", output.describe());
+    }
+}
+
+#[test]
+fn check_policy_counts_in_singular() {
+    let fixture = Fixture::new();
+    fixture.write_policy(
+        "one",
+        "[command.one]\ndescription = \"\"\nscript = \"/bin/true\"\nrun_as = \"nobody\"\n\
+         allow_users = [\"www-data\"]\n",
+    );
+    let dir = fixture.policy_dir();
+    let dir = dir.to_string_lossy();
+
+    let output = run_binary(&["check-policy", &dir]);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert_eq!(output.stdout, format!("{dir}: valid, 1 command\n"));
+
+    fixture.write_policy(
+        "two",
+        "[command.two]\ndescription = \"\"\nscript = \"/bin/true\"\nrun_as = \"nobody\"\n\
+         allow_users = [\"www-data\"]\ntimeout_ms = -1\n",
+    );
+    let output = run_binary(&["check-policy", &dir]);
+    assert_eq!(output.code(), Some(1), "{}", output.describe());
+    assert!(
+        output.stderr.ends_with(": invalid, 1 error\n"),
+        "{}",
+        output.describe()
+    );
 }

@@ -267,6 +267,37 @@ fn cli_reports_rejection_with_exit_65(language: &'static Language) {
     assert!(output.stdout.is_empty(), "{}", output.describe());
 }
 
+/// Checks that a JSON argument that JSON cannot carry (NaN, an infinity, or a number too
+/// large for a float) is a usage error, and that nothing reaches the broker.
+fn cli_rejects_non_finite_number(language: &'static Language) {
+    let setup = Setup::start(language);
+
+    for argument in [
+        "code:=NaN",
+        "code:=Infinity",
+        "code:=-Infinity",
+        "code:=1e999",
+    ] {
+        let output = setup.run_cli(&["exit-with", argument]);
+        assert_eq!(output.code(), Some(64), "{argument}\n{}", output.describe());
+        assert!(
+            output.stdout.is_empty(),
+            "{argument}\n{}",
+            output.describe()
+        );
+        assert!(
+            output.stderr.contains("invalid"),
+            "{argument}\n{}",
+            output.describe()
+        );
+        assert!(
+            !output.stderr.contains("exiting with"),
+            "{argument}: the script ran\n{}",
+            output.describe()
+        );
+    }
+}
+
 fn client_run_returns_reply_fields(language: &'static Language) {
     let setup = Setup::start(language);
 
@@ -392,6 +423,28 @@ fn php_cli_reports_rejection_with_exit_65() {
 }
 
 #[test]
+fn php_cli_rejects_non_finite_number() {
+    cli_rejects_non_finite_number(&PHP_EXAMPLE);
+}
+
+#[test]
+fn php_cli_socket_without_value_is_usage_error() {
+    let setup = Setup::start(&PHP_EXAMPLE);
+
+    let output = setup.run_as(WWW_DATA, PHP_EXAMPLE.cli, &["--socket"]);
+
+    assert_eq!(output.code(), Some(64), "{}", output.describe());
+    assert!(output.stdout.is_empty(), "{}", output.describe());
+    assert!(
+        output
+            .stderr
+            .starts_with("missing value for option --socket\nusage: php run_command.php"),
+        "{}",
+        output.describe()
+    );
+}
+
+#[test]
 fn php_client_run_returns_reply_fields() {
     client_run_returns_reply_fields(&PHP_EXAMPLE);
 }
@@ -434,6 +487,11 @@ fn python_cli_notes_truncated_output() {
 #[test]
 fn python_cli_reports_rejection_with_exit_65() {
     cli_reports_rejection_with_exit_65(&PYTHON_EXAMPLE);
+}
+
+#[test]
+fn python_cli_rejects_non_finite_number() {
+    cli_rejects_non_finite_number(&PYTHON_EXAMPLE);
 }
 
 #[test]

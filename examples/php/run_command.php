@@ -61,14 +61,20 @@ function parse_arguments(array $items): array
 
 function main(array $argv): int
 {
+    $usage = "usage: php run_command.php [--socket PATH] COMMAND [name=value | name:=JSON]...\n";
     $socketPath = SecureSocketClient::DEFAULT_SOCKET;
     $rest = array_slice($argv, 1);
-    if (count($rest) >= 2 && $rest[0] === '--socket') {
+    if ($rest !== [] && $rest[0] === '--socket') {
+        // A lone --socket is a missing value, never the command "--socket".
+        if (count($rest) < 2) {
+            fwrite(STDERR, "missing value for option --socket\n" . $usage);
+            return EXIT_USAGE;
+        }
         $socketPath = $rest[1];
         $rest = array_slice($rest, 2);
     }
     if ($rest === []) {
-        fwrite(STDERR, "usage: php run_command.php [--socket PATH] COMMAND [name=value | name:=JSON]...\n");
+        fwrite(STDERR, $usage);
         return EXIT_USAGE;
     }
 
@@ -92,7 +98,9 @@ function main(array $argv): int
         fwrite(STDERR, $error->getMessage() . "\n");
         return EXIT_UNAVAILABLE;
     } catch (JsonException $error) {
-        fwrite(STDERR, "an argument is not valid UTF-8\n");
+        // json_encode fails on a string that is not UTF-8 and on a float out of range
+        // (json_decode reads 1e999 as INF), and its message names which.
+        fwrite(STDERR, "invalid argument: cannot encode it as JSON: " . $error->getMessage() . "\n");
         return EXIT_USAGE;
     }
 

@@ -175,7 +175,8 @@ class SecureSocketClient
      * @return array<string, mixed>
      * @throws SecureSocketBrokerError when the broker replies with a varlink error
      * @throws SecureSocketConnectionError when the call does not complete
-     * @throws JsonException when a parameter contains a string that is not valid UTF-8
+     * @throws JsonException when a parameter contains a string that is not valid UTF-8 or
+     *         a float that JSON cannot carry (INF or NAN)
      */
     public function call(string $method, array $parameters = []): array
     {

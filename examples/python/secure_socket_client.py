@@ -34,6 +34,7 @@ import argparse
 import base64
 import binascii
 import json
+import math
 import socket
 import sys
 
@@ -82,7 +83,9 @@ class Client:
         sandboxed process and closes it after max_requests_per_connection requests.
         """
         request = {"method": method, "parameters": parameters or {}}
-        frame = json.dumps(request).encode("utf-8") + b"\0"
+        # allow_nan=False raises ValueError for NaN and infinities, which Python's json
+        # would otherwise write as the invalid JSON tokens NaN and Infinity.
+        frame = json.dumps(request, allow_nan=False).encode("utf-8") + b"\0"
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(self.timeout)
             connection.connect(self.path)
@@ -170,13 +173,40 @@ def _parse_arguments(items):
         name, value = item.split("=", 1)
         if name.endswith(":"):
             name = name[:-1]
-            value = json.loads(value)
+            value = _parse_json_value(name, value)
         if not name:
             raise ValueError("invalid argument %r: the name is empty" % item)
         if name in arguments:
             raise ValueError("argument %r given twice" % name)
         arguments[name] = value
     return arguments
+
+
+def _reject_constant(constant):
+    """Raise ValueError for NaN, Infinity and -Infinity, which JSON does not have."""
+    raise ValueError("%s is not a JSON value" % constant)
+
+
+def _parse_finite_float(text):
+    """Parse a JSON number as a float, rejecting one too large for a float (1e999)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("%s is out of the range of a float" % text)
+    return value
+
+
+def _parse_json_value(name, text):
+    """Parse the JSON value of argument `name`, rejecting NaN and infinities.
+
+    Python's json.loads accepts NaN, Infinity and -Infinity by default and reads 1e999 as
+    infinity, and json.dumps would then send tokens that no strict JSON parser accepts.
+    """
+    try:
+        return json.loads(
+            text, parse_constant=_reject_constant, parse_float=_parse_finite_float
+        )
+    except ValueError as error:
+        raise ValueError("invalid JSON value for argument %r: %s" % (name, error)) from error
 
 
 class _UsageParser(argparse.ArgumentParser):

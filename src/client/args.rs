@@ -5,6 +5,7 @@
 //! [`UsageError`], never a request sent with a guessed meaning.
 
 use std::ffi::OsString;
+use std::io::Read;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
@@ -19,6 +20,17 @@ const DEFAULT_SOCKET: &str = "/run/secure_socket/broker.sock";
 /// there, so a socket path is at most one byte shorter.
 const SUN_PATH_BYTES: usize = 108;
 
+/// Returns the subcommand's line of [`USAGE`], which a usage error prints.
+pub fn usage_line(subcommand: Subcommand) -> &'static str {
+    match subcommand {
+        Subcommand::Call => {
+            "usage: secure_socket call [OPTIONS] [--] COMMAND [name=value | name:=JSON]..."
+        }
+        Subcommand::List => "usage: secure_socket list [OPTIONS]",
+        Subcommand::Describe => "usage: secure_socket describe [OPTIONS] [--] COMMAND",
+    }
+}
+
 pub const USAGE: &str = "\
 usage: secure_socket call [OPTIONS] [--] COMMAND [name=value | name:=JSON]...
        secure_socket list [OPTIONS]
@@ -28,6 +40,11 @@ options:
   --socket PATH  broker socket (default: $SECURE_SOCKET_PATH, else
                  /run/secure_socket/broker.sock)
   --json         print the broker's whole reply as one JSON object on stdout
+  --stdin        call only: read standard input to its end and send it to the
+                 script (UTF-8 text, at most 65536 bytes, and at most the
+                 command's stdin_limit). The whole request must also fit the
+                 broker's max_frame_bytes (default 65536). Without --stdin,
+                 standard input is not read.
   -h, --help     print this help
   --             end the options, so that the next word is COMMAND even when it
                  starts with '-'
@@ -60,7 +77,8 @@ pub enum Subcommand {
 }
 
 impl Subcommand {
-    fn name(self) -> &'static str {
+    /// Returns the subcommand's name as the user types it.
+    pub fn name(self) -> &'static str {
         match self {
             Subcommand::Call => "call",
             Subcommand::List => "list",
@@ -81,6 +99,11 @@ pub enum Invocation {
 pub struct Request {
     pub socket: PathBuf,
     pub json: bool,
+    /// Whether the socket path came from `--socket`, so that a hint that names another
+    /// command line passes it on.
+    pub socket_from_option: bool,
+    /// Whether `call` reads standard input and sends it as the Run request's stdin.
+    pub stdin: bool,
     pub method: &'static str,
     pub parameters: Value,
 }
@@ -121,6 +144,14 @@ pub enum UsageError {
     },
     #[error("argument {name:?} given twice")]
     DuplicateArgument { name: String },
+    #[error("option --stdin is valid for call only, not for {subcommand}")]
+    StdinNotForSubcommand { subcommand: &'static str },
+    #[error("failed to read standard input")]
+    ReadStdin(#[source] std::io::Error),
+    #[error("standard input is larger than {max} bytes, the maximum that a Run request carries")]
+    StdinTooLarge { max: usize },
+    #[error("invalid standard input: not valid UTF-8, but the protocol sends stdin as a string")]
+    StdinNotUtf8,
 }
 
 /// Parses the words after the subcommand. `socket_env` is the value of
@@ -135,6 +166,7 @@ pub fn parse(
 ) -> Result<Invocation, UsageError> {
     let mut socket_option = None;
     let mut json = false;
+    let mut stdin = false;
     let mut positional: Vec<&String> = Vec::new();
     let mut words = words.iter();
     while let Some(word) = words.next() {
@@ -145,6 +177,12 @@ pub fn parse(
             }
             "-h" | "--help" => return Ok(Invocation::Help),
             "--json" => json = true,
+            "--stdin" if subcommand == Subcommand::Call => stdin = true,
+            "--stdin" => {
+                return Err(UsageError::StdinNotForSubcommand {
+                    subcommand: subcommand.name(),
+                });
+            }
             "--socket" => {
                 let path = words
                     .next()
@@ -171,14 +209,35 @@ pub fn parse(
         (None, None) => (PathBuf::from(DEFAULT_SOCKET), "the default"),
     };
     check_socket_path(&socket, origin)?;
+    let socket_from_option = origin == "--socket";
 
     let (method, parameters) = method_call(subcommand, &positional)?;
     Ok(Invocation::Request(Request {
         socket,
         json,
+        socket_from_option,
+        stdin,
         method,
         parameters,
     }))
+}
+
+/// Reads `reader` to its end as the stdin of a Run request: UTF-8 text of at most
+/// `max_bytes` bytes. It reads one byte past the maximum at most, so a larger or endless
+/// input is rejected without being stored.
+pub fn read_stdin(reader: impl Read, max_bytes: usize) -> Result<String, UsageError> {
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(max_bytes)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    reader
+        .take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(UsageError::ReadStdin)?;
+    if bytes.len() > max_bytes {
+        return Err(UsageError::StdinTooLarge { max: max_bytes });
+    }
+    String::from_utf8(bytes).map_err(|_| UsageError::StdinNotUtf8)
 }
 
 /// Rejects a path that no unix socket can have, which `connect` would otherwise report
@@ -242,7 +301,7 @@ pub fn parse_call_arguments(items: &[&String]) -> Result<Map<String, Value>, Usa
                         name: name.to_string(),
                         source,
                     })?;
-                (name, value)
+                (name, integer_for_negative_zero(rest, value))
             }
             None => (head, Value::String(rest.to_string())),
         };
@@ -258,6 +317,16 @@ pub fn parse_call_arguments(items: &[&String]) -> Result<Map<String, Value>, Usa
         }
     }
     Ok(arguments)
+}
+
+/// Returns 0 when `text` is the JSON number `-0`, which serde_json parses as the float
+/// -0.0 and the broker then rejects from an integer argument. Any other value, `-0.0`
+/// included, is returned unchanged.
+fn integer_for_negative_zero(text: &str, value: Value) -> Value {
+    if text.trim() == "-0" {
+        return json!(0);
+    }
+    value
 }
 
 #[cfg(test)]
@@ -492,5 +561,60 @@ mod tests {
             matches!(error, UsageError::MissingCommand { .. }),
             "{error}"
         );
+    }
+
+    #[test]
+    fn call_arguments_negative_zero_is_integer() {
+        let arguments = call_arguments(&["n:=-0", "f:=-0.0"]).unwrap();
+        assert_eq!(arguments["n"], json!(0));
+        assert!(arguments["n"].is_u64(), "{}", arguments["n"]);
+        assert!(arguments["f"].is_f64(), "{}", arguments["f"]);
+    }
+
+    #[test]
+    fn stdin_option_only_for_call() {
+        assert!(request(Subcommand::Call, &["--stdin", "greet"]).stdin);
+        assert!(!request(Subcommand::Call, &["greet"]).stdin);
+        for subcommand in [Subcommand::List, Subcommand::Describe] {
+            let error = usage_error(subcommand, &["--stdin", "greet"]);
+            assert!(
+                matches!(error, UsageError::StdinNotForSubcommand { .. }),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_stdin_accepts_up_to_max() {
+        let text = read_stdin(&b"caf\xc3\xa9"[..], 5).unwrap();
+        assert_eq!(text, "caf\u{e9}");
+        let error = read_stdin(&b"123456"[..], 5).unwrap_err();
+        assert!(
+            matches!(error, UsageError::StdinTooLarge { max: 5 }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn read_stdin_stops_after_max() {
+        // An endless reader ends with the error instead of filling memory.
+        let error = read_stdin(std::io::repeat(b'a'), 1024).unwrap_err();
+        assert!(
+            matches!(error, UsageError::StdinTooLarge { max: 1024 }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn read_stdin_rejects_non_utf8() {
+        let error = read_stdin(&b"ok\xff"[..], 16).unwrap_err();
+        assert!(matches!(error, UsageError::StdinNotUtf8), "{error}");
+    }
+
+    #[test]
+    fn socket_origin_recorded() {
+        assert!(request(Subcommand::List, &["--socket", "/run/b.sock"]).socket_from_option);
+        assert!(request(Subcommand::List, &["--socket=/run/b.sock"]).socket_from_option);
+        assert!(!request(Subcommand::List, &[]).socket_from_option);
     }
 }

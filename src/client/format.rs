@@ -1,7 +1,8 @@
 //! Text output of `list` and `describe`, built from the broker's reply.
 //!
 //! The reply comes from the broker, and a missing or mistyped field prints as empty or
-//! JSON null instead of failing.
+//! JSON null instead of failing. Control characters in its strings are escaped, so that
+//! a line break cannot split a line and an escape sequence cannot reach the terminal.
 
 use serde_json::Value;
 
@@ -11,27 +12,69 @@ pub(super) fn format_list(parameters: &Value) -> String {
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let width = commands
+    let rows: Vec<(String, String)> = commands
         .iter()
-        .filter_map(|command| command["name"].as_str())
-        .map(str::len)
+        .map(|command| {
+            let name = command["name"].as_str().unwrap_or_default();
+            let description = command["description"].as_str().unwrap_or_default();
+            (escape_control(name), escape_control(description))
+        })
+        .collect();
+    let width = rows
+        .iter()
+        .map(|(name, _)| name.chars().count())
         .max()
         .unwrap_or(0);
     let mut text = String::new();
-    for command in &commands {
-        let name = command["name"].as_str().unwrap_or_default();
-        let description = command["description"].as_str().unwrap_or_default();
-        text.push_str(&format!("{name:<width$}  {description}\n"));
+    for (name, description) in &rows {
+        if description.is_empty() {
+            text.push_str(name);
+        } else {
+            text.push_str(&format!("{name:<width$}  {description}"));
+        }
+        text.push('\n');
     }
     text
+}
+
+/// Returns `text` with every control character (Unicode category Cc: C0, DEL and C1)
+/// replaced by its Rust escape, such as `\n` or `\u{1b}`. Other characters, backslash
+/// included, are kept.
+pub(super) fn escape_control(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_debug());
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
+}
+
+/// Quotes `word` for a POSIX shell when it contains anything but letters, digits and
+/// `-_./:=@%+,`, so that a suggested command line can be pasted as it is.
+pub(super) fn shell_word(word: &str) -> String {
+    let is_plain =
+        |character: char| character.is_ascii_alphanumeric() || "-_./:=@%+,".contains(character);
+    if !word.is_empty() && word.chars().all(is_plain) {
+        return word.to_string();
+    }
+    format!("'{}'", word.replace('\'', "'\\''"))
+}
+
+/// Returns `value` as JSON text with its control characters escaped. serde_json escapes
+/// the C0 controls itself, but writes DEL and the C1 controls as they are.
+fn text_of_json(value: &Value) -> String {
+    escape_control(&value.to_string())
 }
 
 /// Formats a Describe reply: the command, its limits, then one line per argument with
 /// its type and rules.
 pub(super) fn format_command(command: &Value) -> String {
     let text_of = |value: &Value| match value {
-        Value::String(text) => text.clone(),
-        other => other.to_string(),
+        Value::String(text) => escape_control(text),
+        other => escape_control(&other.to_string()),
     };
     let mut text = format!(
         "{}: {}\n",
@@ -76,7 +119,7 @@ pub(super) fn format_command(command: &Value) -> String {
             "prefixes",
         ] {
             if !argument[key].is_null() {
-                line.push_str(&format!(" {key}={}", argument[key]));
+                line.push_str(&format!(" {key}={}", text_of_json(&argument[key])));
             }
         }
         if argument["sensitive"] == Value::Bool(true) {
@@ -125,5 +168,50 @@ mod tests {
             text.contains("    service (enum, required) values=[\"nginx\"]\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn list_text_escapes_line_breaks() {
+        let reply = json!({ "commands": [
+            { "name": "a", "description": "first\nsecond" },
+            { "name": "b\u{1b}[2J", "description": "clear \u{9b}2J" },
+        ]});
+        let text = format_list(&reply);
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert_eq!(text.lines().next(), Some("a           first\\nsecond"));
+        assert_eq!(text.lines().nth(1), Some("b\\u{1b}[2J  clear \\u{9b}2J"));
+    }
+
+    #[test]
+    fn list_text_empty_description_has_no_padding() {
+        let reply = json!({ "commands": [
+            { "name": "status", "description": "" },
+            { "name": "renew-certificate", "description": "Renew" },
+        ]});
+        let text = format_list(&reply);
+        assert_eq!(text.lines().next(), Some("status"));
+    }
+
+    #[test]
+    fn describe_text_escapes_control_characters() {
+        let command = json!({
+            "name": "x", "description": "line\none",
+            "arguments": [{ "name": "a\u{7f}", "kind": "enum", "required": false,
+                "description": "\u{1b}[31m", "values": ["\u{9b}1m"] }],
+        });
+        let text = format_command(&command);
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    #[test]
+    fn shell_word_quotes_when_needed() {
+        assert_eq!(shell_word("/run/b.sock"), "/run/b.sock");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 }
