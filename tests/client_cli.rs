@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use common::{
     BINARY_SCRIPT, BINARY_STDERR, BINARY_STDOUT, Broker, CLIENT_TIMEOUT, FLOOD_SCRIPT, Fixture,
     ProcessOutput, WWW_DATA, command_as, json_reply_parameters, run_client_as, spawn,
+    spawn_with_stdin,
 };
 use secure_socket::protocol::base64;
 
@@ -649,48 +650,8 @@ fn client_with_stdin(setup: &Setup, args: &[&str], stdin: Stdio) -> ProcessOutpu
     let socket = socket.to_string_lossy();
     let mut full_args = vec![args[0], "--socket", &socket];
     full_args.extend_from_slice(&args[1..]);
-    let mut command = command_as(WWW_DATA, setup.fixture.client_binary(), &full_args, &[]);
-    command.stdin(stdin);
-    run_with_timeout(command)
-}
-
-/// Runs `command` with piped stdout and stderr and the stdin it already has.
-fn run_with_timeout(mut command: Command) -> ProcessOutput {
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stdout_reader = thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stdout.read_to_end(&mut bytes);
-        bytes
-    });
-    let stderr_reader = thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = stderr.read_to_end(&mut bytes);
-        bytes
-    });
-    let deadline = std::time::Instant::now() + CLIENT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the client did not exit within {CLIENT_TIMEOUT:?} and was killed");
-        }
-        thread::sleep(std::time::Duration::from_millis(20));
-    };
-    let stdout_bytes = stdout_reader.join().unwrap();
-    let stderr_bytes = stderr_reader.join().unwrap();
-    ProcessOutput {
-        status,
-        stdout: String::from_utf8_lossy(&stdout_bytes).into_owned(),
-        stderr: String::from_utf8_lossy(&stderr_bytes).into_owned(),
-        stdout_bytes,
-        stderr_bytes,
-    }
+    let command = command_as(WWW_DATA, setup.fixture.client_binary(), &full_args, &[]);
+    spawn_with_stdin(command, stdin).finish(CLIENT_TIMEOUT)
 }
 
 /// Writes `bytes` to a file in the fixture and returns it as a stdin for the client.

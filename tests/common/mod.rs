@@ -653,9 +653,14 @@ impl RunningProcess {
 }
 
 /// Starts `command` with piped stdout and stderr and no stdin.
-pub fn spawn(mut command: Command) -> RunningProcess {
+pub fn spawn(command: Command) -> RunningProcess {
+    spawn_with_stdin(command, Stdio::null())
+}
+
+/// Like [`spawn`], with `stdin` as the process's standard input.
+pub fn spawn_with_stdin(mut command: Command, stdin: Stdio) -> RunningProcess {
     command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // A binary that the harness has just copied can be briefly busy (ETXTBSY): another
