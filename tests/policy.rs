@@ -1435,7 +1435,7 @@ fn check_policy_accepts_valid_dir() {
     let (_file, output) = check_policy(&fixture, &text);
     assert_eq!(output.code(), Some(0), "{}", output.describe());
     assert!(
-        output.stdout.contains("valid, 1 commands"),
+        output.stdout.contains("valid, 1 command"),
         "{}",
         output.describe()
     );
