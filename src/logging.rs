@@ -17,6 +17,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tracing_journald::{Priority, PriorityMappings};
@@ -113,7 +114,7 @@ pub fn init(config: &Config) -> Result<(), LoggingError> {
         LogDestination::Stderr => {
             // Colour only for a person at a terminal. Under systemd stderr is the journal.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            install_lines(level, format, std::io::stderr, ansi)
+            install_lines(level, format, || LossyStderr(std::io::stderr()), ansi)
         }
         LogDestination::File => {
             let Some(path) = config.log_file.as_deref() else {
@@ -122,6 +123,7 @@ pub fn init(config: &Config) -> Result<(), LoggingError> {
             let log_file = LogFile {
                 path: path.to_path_buf(),
                 file: Mutex::new(open_log_file(path)?),
+                failing: AtomicBool::new(false),
             };
             let log_file = LOG_FILE.get_or_init(|| log_file);
             install_lines(level, format, log_file, false)
@@ -258,6 +260,25 @@ fn describe_syslog_error(path: &Path, source: std::io::Error) -> LoggingError {
 struct LogFile {
     path: PathBuf,
     file: Mutex<File>,
+    /// Set while writes to the file fail, so that stderr hears of a failure streak once.
+    failing: AtomicBool,
+}
+
+/// Standard error as a log destination. A failed write loses the line and reports
+/// success: tracing-subscriber reports a write error with `eprintln!`, which panics when
+/// stderr itself is broken (a closed pipe), and the panic would end the thread that logged,
+/// such as a session thread in the middle of a request.
+struct LossyStderr(std::io::Stderr);
+
+impl Write for LossyStderr {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(bytes).unwrap_or(bytes.len()))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
 }
 
 /// The log file, kept so that SIGHUP can reopen it. It is global because the subscriber
@@ -274,15 +295,44 @@ impl LogFile {
 
 /// Writes one event to the log file while holding its lock, so that a reopen takes
 /// effect between two events and never splits one.
-struct LogFileWriter<'file>(MutexGuard<'file, File>);
+///
+/// A failed write (a full disk, say) loses the line, reports success for the reason given
+/// at [`LossyStderr`], and is reported on stderr once per streak of failures.
+struct LogFileWriter<'file> {
+    file: MutexGuard<'file, File>,
+    log_file: &'file LogFile,
+}
 
 impl Write for LogFileWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.write(bytes)
+        match self.file.write(bytes) {
+            Ok(written) => {
+                if self.log_file.failing.swap(false, Ordering::Relaxed) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "secure_socket: log file {} accepts lines again",
+                        self.log_file.path.display()
+                    );
+                }
+                Ok(written)
+            }
+            Err(error) => {
+                if !self.log_file.failing.swap(true, Ordering::Relaxed) {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "secure_socket: failed to write to log file {}: {error}; lines are lost \
+                         until a write succeeds",
+                        self.log_file.path.display()
+                    );
+                }
+                Ok(bytes.len())
+            }
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+        let _ = self.file.flush();
+        Ok(())
     }
 }
 
@@ -290,7 +340,10 @@ impl MakeWriter<'_> for &'static LogFile {
     type Writer = LogFileWriter<'static>;
 
     fn make_writer(&self) -> Self::Writer {
-        LogFileWriter(self.lock())
+        LogFileWriter {
+            file: self.lock(),
+            log_file: self,
+        }
     }
 }
 

@@ -379,3 +379,22 @@ fn check_policy_usage_error_exits_64() {
     assert_eq!(output.code(), Some(64), "{}", output.describe());
     assert!(output.stderr.contains("usage:"), "{}", output.describe());
 }
+
+#[test]
+fn broken_stderr_keeps_serving_and_stopping() {
+    let fixture = fixture_with_policy();
+    // A pipe whose reader is gone: every write to the broker's stderr fails with EPIPE.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let params = [("log_file", ""), ("log_destination", "stderr")];
+    let mut broker = Broker::start_with_command(&fixture, &params, &[], |command| {
+        command.stderr(std::process::Stdio::from(writer));
+    });
+
+    for _ in 0..3 {
+        let output = run_client_as(&fixture, WWW_DATA, &["call", "greet"]);
+        assert_eq!(output.code(), Some(0), "{}", output.describe());
+    }
+    let status = broker.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

@@ -222,7 +222,9 @@ impl Connection {
         };
         match result {
             Ok(()) if self.lost > 0 => {
-                eprintln!(
+                // Not eprintln!, which panics when stderr is a closed pipe.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "secure_socket: syslog socket {} accepts log lines again; {} lines were lost",
                     self.socket_path.display(),
                     self.lost
@@ -233,7 +235,8 @@ impl Connection {
             Err(error) => {
                 self.lost += 1;
                 if self.lost == 1 {
-                    eprintln!(
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "secure_socket: failed to send a log line to syslog socket {}: {error}; \
                          lines are lost until a send succeeds",
                         self.socket_path.display()

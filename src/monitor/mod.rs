@@ -664,6 +664,13 @@ fn accept_loop(
                 continue;
             }
         }
+        // The signal thread writes one byte and exits; the pipe then stays readable or
+        // hung up, so poll would return at once forever if the loop went on.
+        let woken = fds[1].revents().is_some_and(|events| !events.is_empty());
+        if woken && !shared.is_shutting_down() {
+            tracing::error!("the signal thread ended without a shutdown; shutting down");
+            shared.shutting_down.store(true, Ordering::Relaxed);
+        }
         let listener_ready = fds[0]
             .revents()
             .is_some_and(|events| events.contains(PollFlags::POLLIN));
@@ -730,19 +737,34 @@ fn accept_one(shared: &Arc<Shared>, connection: OwnedFd, filter: &peer::PeerFilt
         return;
     }
     *lock(&shared.active) += 1;
-    let thread_shared = shared.clone();
+    let slot = SessionSlot {
+        shared: shared.clone(),
+        uid,
+    };
     let spawned = std::thread::Builder::new()
         .name("session".to_string())
         .spawn(move || {
-            session::run(&thread_shared, connection, peer);
-            thread_shared.release_uid_slot(uid);
-            *lock(&thread_shared.active) -= 1;
-            thread_shared.active_changed.notify_all();
+            session::run(&slot.shared, connection, peer);
+            drop(slot);
         });
+    // On failure the closure, and the slot in it, is already dropped.
     if let Err(error) = spawned {
         tracing::error!(%error, "failed to start a session thread; connection closed");
-        shared.release_uid_slot(uid);
-        *lock(&shared.active) -= 1;
+    }
+}
+
+/// A connection's place in the uid and max_connections counts. Dropping it gives the
+/// place back, also when the session thread panics or never starts.
+struct SessionSlot {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.shared.release_uid_slot(self.uid);
+        *lock(&self.shared.active) -= 1;
+        self.shared.active_changed.notify_all();
     }
 }
 
