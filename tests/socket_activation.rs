@@ -231,3 +231,27 @@ fn activated_socket_differences_are_logged() {
     );
     assert!(banner.contains("socket_mode=\"0640\""), "{banner}");
 }
+
+#[test]
+fn activation_without_descriptor_is_rejected() {
+    let fixture = Fixture::new();
+    fixture.write_policy("hello.toml", POLICY);
+    let unused = fixture.socket_dir().join("unused.sock");
+    let unused = unused.to_string_lossy();
+    let arguments = broker_arguments(&fixture, &[("socket_path", unused.as_ref())]);
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg("exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+        .arg(BROKER_BINARY)
+        .args(&arguments);
+
+    let output = common::spawn(command).finish(std::time::Duration::from_secs(10));
+    let stderr = &output.stderr;
+
+    assert_eq!(output.code(), Some(78), "stderr: {stderr}");
+    assert!(
+        stderr.contains("descriptor 3 is not open"),
+        "stderr: {stderr}"
+    );
+}

@@ -176,8 +176,21 @@ pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerEr
             "LISTEN_FDS is {count:?}, but the broker takes exactly one socket"
         )));
     }
-    // SAFETY: under the socket activation protocol descriptor 3 was passed to this
-    // process for it to own, and nothing else in the process has taken it.
+    // A closed descriptor 3 must not become an OwnedFd: closing it later would close
+    // whatever the process opened there meanwhile (debug builds abort instead).
+    // SAFETY: F_GETFD only reads the descriptor flags of an integer descriptor number,
+    // open or not, and touches no memory.
+    if unsafe { libc::fcntl(LISTEN_FDS_START, libc::F_GETFD) } == -1 {
+        return Err(reject(
+            "LISTEN_FDS is 1, but descriptor 3 is not open; pass a ListenStream= socket"
+                .to_string(),
+        ));
+    }
+    // SAFETY: descriptor 3 is open (checked above) and was passed to this process for it
+    // to own under the socket activation protocol. The monitor calls this before it starts
+    // any thread and keeps no file of its own open yet, so no other owner exists; anything
+    // at descriptor 3 that is not a listening unix socket fails the checks below and stops
+    // the start.
     let socket = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
     let is_stream = getsockopt(&socket, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
     let address = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd()).ok();
