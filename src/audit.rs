@@ -426,6 +426,12 @@ fn plain_or_quoted(text: &str) -> String {
     }
 }
 
+/// Returns `text`, or `None` so that the record leaves the field out when the child had
+/// no value for it (a frame that was not valid JSON has no method).
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
 fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
     let Some(peer) = registry.peer(event.session_id) else {
         tracing::warn!(
@@ -463,8 +469,8 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
             peer_exe = peer_exe.as_str(),
             request_id = %request_id,
             decision = "answered",
-            method = event.method.as_str(),
-            command = event.command.as_str(),
+            method = non_empty(&event.method),
+            command = non_empty(&event.command),
             outcome = event.outcome.as_str(),
             duration_ms,
             "request"
@@ -476,8 +482,8 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
             peer_exe = peer_exe.as_str(),
             request_id = %request_id,
             decision = "rejected",
-            method = event.method.as_str(),
-            command = event.command.as_str(),
+            method = non_empty(&event.method),
+            command = non_empty(&event.command),
             outcome = event.outcome.as_str(),
             field = event.field.as_str(),
             rule = event.rule.as_str(),
@@ -486,7 +492,9 @@ fn log_event(event: &Event, priority: u32, registry: &SessionRegistry) {
         ),
         (EventKind::ProtocolError, _) => tracing::warn!(
             peer_uid,
+            peer_gid,
             peer_pid,
+            peer_exe = peer_exe.as_str(),
             outcome = event.outcome.as_str(),
             detail = event.detail.as_str(),
             "protocol error"

@@ -693,7 +693,9 @@ impl Config {
         ];
         entries
             .into_iter()
-            .filter_map(|(key, value)| value.map(|value| format!("{key}={value}")))
+            .filter_map(|(key, value)| {
+                value.map(|value| format!("{key}={}", crate::logging::quoted(&value)))
+            })
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -958,6 +960,17 @@ mod tests {
         assert!(entries.contains(&"log_destination=stderr"), "{text}");
         assert!(entries.contains(&"max_connections_per_uid=32"), "{text}");
         assert!(entries.contains(&"socket_permissions=0660"), "{text}");
+    }
+
+    #[test]
+    fn effective_parameters_quote_value_with_space() {
+        let text = parse(&["policy_dir=/etc/secure socket x=y"])
+            .unwrap()
+            .effective_parameters();
+        assert!(
+            text.contains(r#"policy_dir="/etc/secure socket x=y""#),
+            "{text}"
+        );
     }
 
     #[test]

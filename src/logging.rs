@@ -104,6 +104,16 @@ pub enum LoggingError {
     Install(String),
 }
 
+/// Returns `value` as it is, or quoted with escapes when a key=value parser could split
+/// it, by the rule of the text log format.
+pub(crate) fn quoted(value: &str) -> String {
+    if text_fields::needs_quotes(value) {
+        format!("{value:?}")
+    } else {
+        value.to_string()
+    }
+}
+
 /// Opens the log destination of `config` and installs the global subscriber at the
 /// configured verbosity. Call it while the process still runs as root with all its
 /// capabilities: a destination that cannot be opened or reached stops the start.

@@ -319,6 +319,8 @@ fn oversized_frame_has_request_record() {
     );
     assert_eq!(record["field"], json!("frame"));
     assert_eq!(record["rule"], json!("max_frame_bytes"));
+    assert!(record.get("method").is_none(), "{record}");
+    assert!(record.get("command").is_none(), "{record}");
     assert_peer_is_this_process(&record);
 }
 

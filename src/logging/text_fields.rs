@@ -72,7 +72,7 @@ impl Visit for QuotingVisitor<'_> {
 }
 
 /// Returns whether a logfmt parser could misread `value` written bare.
-fn needs_quotes(value: &str) -> bool {
+pub(super) fn needs_quotes(value: &str) -> bool {
     value.is_empty()
         || value.chars().any(|character| {
             character.is_whitespace() || character.is_control() || matches!(character, '"' | '=')
