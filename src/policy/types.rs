@@ -317,14 +317,15 @@ pub enum PermissionError {
     UserNotAllowed,
     #[error("the peer's executable {} is not in allow_executables", .0.display())]
     ExecutableNotAllowed(PathBuf),
-    /// The monitor could not read /proc/PID/exe: the process exited, or it is not
-    /// dumpable. The kernel clears the dumpable flag when a process changes its uid, as
-    /// php-fpm workers do, and then only CAP_SYS_PTRACE, which the monitor lacks, can
-    /// read the link.
+    /// The monitor could not read /proc/PID/exe: the process exited, is not dumpable, or
+    /// holds capabilities the monitor lacks. The kernel clears the dumpable flag when a
+    /// process changes its uid, as php-fpm workers do; in both cases only CAP_SYS_PTRACE,
+    /// which the monitor does not keep, can read the link.
     #[error(
         "the broker could not read the peer's executable, so it cannot match \
-         allow_executables. A process that changed its uid or cleared its dumpable flag \
-         hides its executable from the broker"
+         allow_executables. A process that changed its uid, cleared its dumpable flag or \
+         holds capabilities the broker lacks (as most processes of root do) hides its \
+         executable from the broker; allow it by user or group instead"
     )]
     ExecutableUnreadable,
 }
