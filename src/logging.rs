@@ -45,7 +45,7 @@ pub enum LoggingError {
     },
     #[error(
         "refusing log file {path}: it must be owned by root and not writable by group or \
-         others (owner uid {uid}, mode {mode:o})"
+         others (owner uid {uid}, mode {mode:04o})"
     )]
     UnsafeFile { path: String, uid: u32, mode: u32 },
     #[error(
@@ -385,6 +385,18 @@ fn open_log_file(path: &Path) -> Result<File, LoggingError> {
         return Err(LoggingError::UnsafeDirectory {
             path: path_text(),
             reason: problems.join("; "),
+        });
+    }
+    // A file of another user is named as such before the open, which would otherwise fail
+    // with a bare EACCES once the monitor has dropped CAP_DAC_OVERRIDE (at a reopen).
+    if let Ok(metadata) = std::fs::symlink_metadata(path)
+        && metadata.is_file()
+        && (metadata.uid() != 0 || metadata.mode() & trust::WRITE_BY_GROUP_OR_OTHERS != 0)
+    {
+        return Err(LoggingError::UnsafeFile {
+            path: path_text(),
+            uid: metadata.uid(),
+            mode: metadata.mode() & 0o7777,
         });
     }
     // O_NONBLOCK keeps the open of a FIFO from waiting for a reader. std adds O_CLOEXEC.

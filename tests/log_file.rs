@@ -259,3 +259,32 @@ fn log_file_in_directory_of_other_user_rejected() {
 
     assert_log_file_rejected(&fixture, &directory.join("broker.log"), "not by root");
 }
+
+#[test]
+fn reopen_names_owner_of_other_users_file() {
+    let fixture = fixture_with_policy();
+    let broker = Broker::start(&fixture, &[]);
+    let log_path = fixture.log_path();
+    let rotated = fixture.path().join("broker.log.1");
+    fs::rename(&log_path, &rotated).unwrap();
+    fs::write(&log_path, "").unwrap();
+    std::os::unix::fs::chown(&log_path, Some(WWW_DATA.uid), Some(WWW_DATA.gid)).unwrap();
+    fs::set_permissions(&log_path, fs::Permissions::from_mode(0o600)).unwrap();
+
+    send_sighup(&broker);
+    assert!(
+        wait_for_text(&rotated, "failed to reopen the log file"),
+        "{}",
+        broker.diagnostics()
+    );
+
+    let old_log = read(&rotated);
+    let error_line = old_log
+        .lines()
+        .find(|line| line.contains("failed to reopen the log file"))
+        .unwrap();
+    assert!(
+        error_line.contains(&format!("owner uid {}", WWW_DATA.uid)),
+        "{error_line}"
+    );
+}

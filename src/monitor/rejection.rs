@@ -48,7 +48,7 @@ pub(super) fn reject(
         decision = "rejected",
         request_id = error.request_id.as_str(),
         outcome = error.varlink_name(),
-        field = error.field.as_str(),
+        field = (!error.field.is_empty()).then_some(error.field.as_str()),
         rule = error.rule.as_str(),
         reply_sent = sent.is_ok(),
         duration_ms = crate::audit::elapsed_ms(accepted),
