@@ -120,6 +120,22 @@ fn reopened_log_file_has_safe_mode() {
     assert_eq!(mode & 0o022, 0, "mode {mode:o}");
 }
 
+/// Sends SIGHUP and returns the reopen error that the broker logs to `rotated`, the file
+/// it keeps writing to.
+fn reopen_error_line(broker: &Broker, rotated: &Path) -> String {
+    send_sighup(broker);
+    assert!(
+        wait_for_text(rotated, "failed to reopen the log file"),
+        "{}",
+        broker.diagnostics()
+    );
+    read(rotated)
+        .lines()
+        .find(|line| line.contains("failed to reopen the log file"))
+        .unwrap()
+        .to_string()
+}
+
 #[test]
 fn failed_reopen_keeps_old_file() {
     let fixture = fixture_with_policy();
@@ -130,12 +146,7 @@ fn failed_reopen_keeps_old_file() {
     // A symbolic link at the path must never be followed, so the reopen fails.
     std::os::unix::fs::symlink(&rotated, &log_path).unwrap();
 
-    send_sighup(&broker);
-    assert!(
-        wait_for_text(&rotated, "failed to reopen the log file"),
-        "{}",
-        broker.diagnostics()
-    );
+    let error_line = reopen_error_line(&broker, &rotated);
     let request_id = call_greet(&fixture);
     assert!(
         wait_for_text(&rotated, &request_id),
@@ -144,10 +155,6 @@ fn failed_reopen_keeps_old_file() {
     );
 
     let old_log = read(&rotated);
-    let error_line = old_log
-        .lines()
-        .find(|line| line.contains("failed to reopen the log file"))
-        .unwrap();
     assert!(error_line.contains("symbolic link"), "{error_line}");
     assert!(
         error_line.contains(&log_path.display().to_string()),
@@ -271,18 +278,7 @@ fn reopen_names_owner_of_other_users_file() {
     std::os::unix::fs::chown(&log_path, Some(WWW_DATA.uid), Some(WWW_DATA.gid)).unwrap();
     fs::set_permissions(&log_path, fs::Permissions::from_mode(0o600)).unwrap();
 
-    send_sighup(&broker);
-    assert!(
-        wait_for_text(&rotated, "failed to reopen the log file"),
-        "{}",
-        broker.diagnostics()
-    );
-
-    let old_log = read(&rotated);
-    let error_line = old_log
-        .lines()
-        .find(|line| line.contains("failed to reopen the log file"))
-        .unwrap();
+    let error_line = reopen_error_line(&broker, &rotated);
     assert!(
         error_line.contains(&format!("owner uid {}", WWW_DATA.uid)),
         "{error_line}"
