@@ -94,7 +94,19 @@ elif ! id secure-socket >/dev/null 2>&1; then
         --shell /usr/sbin/nologin secure-socket
 fi
 
-echo "installed secure_socket into ${destdir:-/}"
+# A staged tree is not a running system yet, so the next steps of a real install do not
+# apply to it. The summary lists what was staged instead.
+if [ -n "$destdir" ]; then
+    echo "staged secure_socket under $destdir (nothing was installed on this system):"
+    echo "  $destdir$bin_dir/secure_socket"
+    echo "  $destdir$examples_dir/ (the example scripts)"
+    echo "  $destdir$policy_dir/"
+    echo "  $destdir$unit_dir/secure_socket.service"
+    echo "  $destdir$unit_dir/secure_socket.socket"
+    exit 0
+fi
+
+echo "installed secure_socket into /"
 echo "check the policy:  $bin_dir/secure_socket check-policy $policy_dir"
 echo "then start it:     systemctl daemon-reload && systemctl enable --now secure_socket.service"
 echo "   (or, to start it on the first connection, enable secure_socket.socket instead)"

@@ -2,9 +2,9 @@
 //!
 //! Runs as any user and trusts nothing but the socket path it is given. An invalid reply
 //! is an error (exit 69), never printed in part: one that is not JSON or too large, whose
-//! output does not decode, or whose exit code or signal no process can have. The client
-//! escapes control characters in the strings of a reply before they reach the terminal,
-//! but writes the script's output byte for byte.
+//! output does not decode, or whose exit code or signal no process can have, alone or
+//! together. The client escapes control characters in the strings of a reply before they
+//! reach the terminal, but writes the script's output byte for byte.
 #![forbid(unsafe_code)]
 
 mod args;
@@ -17,6 +17,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use thiserror::Error;
 
@@ -32,6 +33,8 @@ pub const EXIT_REJECTED: u8 = 65;
 pub const EXIT_UNAVAILABLE: u8 = 69;
 /// Exit status for a usage error.
 pub const EXIT_USAGE: u8 = 64;
+/// Exit status when `call --stdin` failed to read standard input (EX_NOINPUT).
+pub const EXIT_NO_INPUT: u8 = 66;
 /// Exit status when the script timed out.
 pub const EXIT_TIMED_OUT: u8 = 124;
 
@@ -74,8 +77,16 @@ enum CallError {
         #[source]
         source: base64::DecodeError,
     },
-    #[error("invalid reply from the broker: Run reply has none of timed_out, exit_code and signal")]
-    MissingOutcome,
+    #[error(
+        "invalid reply from the broker: Run reply has neither exit_code nor signal, \
+         and timed_out is {timed_out}"
+    )]
+    MissingOutcome { timed_out: String },
+    #[error(
+        "invalid reply from the broker: Run reply has both exit_code {exit_code} and \
+         signal {signal}, but a process either exits or is killed"
+    )]
+    ContradictoryOutcome { exit_code: Value, signal: Value },
     #[error("invalid reply from the broker: exit_code {value} is not an integer from 0 to 255")]
     InvalidExitCode { value: Value },
     #[error("invalid reply from the broker: signal {value} is not an integer from 1 to 64")]
@@ -97,6 +108,10 @@ pub fn main(subcommand: Subcommand, words: &[String]) -> ExitCode {
     if request.stdin {
         match args::read_stdin(io::stdin().lock(), MAX_STDIN_BYTES) {
             Ok(text) => request.parameters["stdin"] = Value::String(text),
+            Err(error @ args::StdinError::Read(_)) => {
+                print_error(&error);
+                return ExitCode::from(EXIT_NO_INPUT);
+            }
             Err(error) => return usage_error(subcommand, &error),
         }
     }
@@ -136,7 +151,7 @@ pub fn main(subcommand: Subcommand, words: &[String]) -> ExitCode {
 }
 
 /// Prints a usage error with the subcommand's usage line and returns exit status 64.
-fn usage_error(subcommand: Subcommand, error: &args::UsageError) -> ExitCode {
+fn usage_error(subcommand: Subcommand, error: &dyn Error) -> ExitCode {
     print_error(error);
     print_stderr(args::usage_line(subcommand));
     print_stderr(&format!(
@@ -175,6 +190,9 @@ fn finish_call(request: &args::Request, parameters: &Value) -> ExitCode {
             .socket_from_option
             .then_some(request.socket.as_path());
         if let Some(note) = truncation_note(parameters, command, socket) {
+            print_stderr(&note);
+        }
+        if let Some(note) = outcome_note(parameters) {
             print_stderr(&note);
         }
     }
@@ -276,11 +294,58 @@ fn truncation_note(parameters: &Value, command: &str, socket: Option<&Path>) -> 
     ))
 }
 
+/// Returns the note that follows the output of a script that timed out or that a signal
+/// killed, because its exit status alone looks like an exit code of the script. Returns
+/// `None` for a script that exited. Call it only on a reply that [`exit_status`] accepted.
+fn outcome_note(parameters: &Value) -> Option<String> {
+    if parameters.get("timed_out").and_then(Value::as_bool) == Some(true) {
+        let after = match parameters.get("duration_ms").and_then(Value::as_u64) {
+            Some(duration_ms) => format!(" after {duration_ms} ms"),
+            None => String::new(),
+        };
+        return Some(format!(
+            "secure_socket: the script timed out{after} and the broker killed it, so call \
+             exits with {EXIT_TIMED_OUT}"
+        ));
+    }
+    let signal = parameters.get("signal").and_then(Value::as_u64)?;
+    let name = signal_name(signal).map_or(String::new(), |name| format!(" ({name})"));
+    Some(format!(
+        "secure_socket: signal {signal}{name} killed the script, so call exits with {}",
+        128 + signal
+    ))
+}
+
+/// Returns the name of Linux signal `number`, such as SIGKILL, or SIGRTMIN+k for a
+/// real-time signal counted from glibc's SIGRTMIN (34). Returns `None` for 32 and 33,
+/// which glibc reserves for itself, and for numbers that are no signal.
+fn signal_name(number: u64) -> Option<String> {
+    let number = i32::try_from(number).ok()?;
+    if let Ok(signal) = Signal::try_from(number) {
+        return Some(signal.as_str().to_string());
+    }
+    let (first, last) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    match number {
+        _ if number == first => Some("SIGRTMIN".to_string()),
+        _ if number == last => Some("SIGRTMAX".to_string()),
+        _ if number > first && number < last => Some(format!("SIGRTMIN+{}", number - first)),
+        _ => None,
+    }
+}
+
 /// Returns the exit status of `call` for a Run reply: 124 when the script timed out, its
 /// exit code when it exited, and 128+N when signal N killed it. An exit code outside
-/// 0..=255 or a signal outside 1..=64 (the range of Linux signal numbers) is an invalid
-/// reply, so that a faulty or hostile server cannot turn a failure into exit status 0.
+/// 0..=255, a signal outside 1..=64 (the range of Linux signal numbers), or both at once
+/// is an invalid reply, so that a faulty or hostile server cannot turn a failure into
+/// exit status 0.
 fn exit_status(parameters: &Value) -> Result<u8, CallError> {
+    let is_set = |key: &str| parameters.get(key).is_some_and(|value| !value.is_null());
+    if is_set("exit_code") && is_set("signal") {
+        return Err(CallError::ContradictoryOutcome {
+            exit_code: parameters["exit_code"].clone(),
+            signal: parameters["signal"].clone(),
+        });
+    }
     if parameters.get("timed_out").and_then(Value::as_bool) == Some(true) {
         return Ok(EXIT_TIMED_OUT);
     }
@@ -296,7 +361,11 @@ fn exit_status(parameters: &Value) -> Result<u8, CallError> {
         }
     }
     match parameters.get("signal") {
-        None | Some(Value::Null) => Err(CallError::MissingOutcome),
+        None | Some(Value::Null) => Err(CallError::MissingOutcome {
+            timed_out: parameters
+                .get("timed_out")
+                .map_or_else(|| "missing".to_string(), Value::to_string),
+        }),
         Some(value) => value
             .as_u64()
             .filter(|signal| (1..=64).contains(signal))
@@ -385,9 +454,66 @@ mod tests {
     fn exit_status_without_outcome_is_error() {
         let status = exit_status(&json!({ "exit_code": null, "signal": null }));
         assert!(
-            matches!(status, Err(CallError::MissingOutcome)),
+            matches!(status, Err(CallError::MissingOutcome { .. })),
             "{status:?}"
         );
+    }
+
+    #[test]
+    fn missing_outcome_names_missing_fields() {
+        let status = exit_status(&json!({ "timed_out": false }));
+        let message = status.unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "invalid reply from the broker: Run reply has neither exit_code nor signal, \
+             and timed_out is false"
+        );
+        let message = exit_status(&json!({})).unwrap_err().to_string();
+        assert!(message.ends_with("and timed_out is missing"), "{message}");
+    }
+
+    #[test]
+    fn exit_status_rejects_exit_code_with_signal() {
+        for parameters in [
+            json!({ "exit_code": 0, "signal": 9, "timed_out": false }),
+            json!({ "exit_code": 0, "signal": 9, "timed_out": true }),
+            json!({ "exit_code": 1, "signal": 15 }),
+        ] {
+            let status = exit_status(&parameters);
+            assert!(
+                matches!(status, Err(CallError::ContradictoryOutcome { .. })),
+                "{parameters}: {status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn outcome_note_names_timeout_and_signal() {
+        let note = outcome_note(&json!({ "timed_out": true, "signal": 9, "duration_ms": 1002 }));
+        assert_eq!(
+            note.as_deref(),
+            Some(
+                "secure_socket: the script timed out after 1002 ms and the broker killed it, \
+                 so call exits with 124"
+            )
+        );
+        let note = outcome_note(&json!({ "timed_out": false, "signal": 15 }));
+        assert_eq!(
+            note.as_deref(),
+            Some("secure_socket: signal 15 (SIGTERM) killed the script, so call exits with 143")
+        );
+        let note = outcome_note(&json!({ "timed_out": false, "exit_code": 0 }));
+        assert_eq!(note, None);
+    }
+
+    #[test]
+    fn signal_name_covers_real_time_signals() {
+        assert_eq!(signal_name(9).as_deref(), Some("SIGKILL"));
+        assert_eq!(signal_name(64).as_deref(), Some("SIGRTMAX"));
+        let first = u64::try_from(libc::SIGRTMIN()).unwrap();
+        assert_eq!(signal_name(first).as_deref(), Some("SIGRTMIN"));
+        assert_eq!(signal_name(first + 2).as_deref(), Some("SIGRTMIN+2"));
+        assert_eq!(signal_name(32), None);
     }
 
     #[test]

@@ -182,9 +182,16 @@ fn main() -> ExitCode {
     let rest = &args[1..];
     match first.as_str() {
         child::ROLE_ARGUMENT => child::run(rest),
-        "--help" | "-h" | "help" => {
+        "--help" | "-h" | "help" if rest.is_empty() => {
             print_help();
             ExitCode::SUCCESS
+        }
+        "--help" | "-h" | "help" => {
+            eprintln!(
+                "usage: secure_socket --help (it takes no arguments; for a subcommand, run \
+                 `secure_socket SUBCOMMAND --help`)"
+            );
+            ExitCode::from(client::EXIT_USAGE)
         }
         "--version" | "-V" if rest.is_empty() => {
             println!("secure_socket {}", env!("CARGO_PKG_VERSION"));

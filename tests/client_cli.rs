@@ -105,6 +105,24 @@ script = "@FIXTURE@/scripts/greet"
 run_as = "nobody"
 allow_users = ["www-data"]
 argv = ["quiet"]
+
+[command.note]
+description = "Accept a note whose string rules are lifted in part"
+script = "@FIXTURE@/scripts/greet"
+run_as = "nobody"
+allow_users = ["www-data"]
+argv = ["{body}"]
+
+[command.note.arguments.body]
+type = "string"
+max_length = 64
+allow_newline = true
+allow_leading_dash = true
+
+[command.note.arguments.title]
+type = "string"
+max_length = 8
+required = false
 "#;
 
 /// Appends the name to out/greet.log, so that a test can tell whether the script ran.
@@ -492,6 +510,153 @@ fn json_tells_exit_137_from_signal() {
 }
 
 #[test]
+fn call_notes_timeout_after_output() {
+    let setup = Setup::start();
+
+    let output = setup.client(&["call", "sleep"]);
+
+    assert_eq!(output.code(), Some(124), "{}", setup.describe(&output));
+    let lines: Vec<&str> = output.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", output.describe());
+    assert!(
+        lines[0].starts_with("secure_socket: the script timed out after "),
+        "{}",
+        output.describe()
+    );
+    assert!(
+        lines[0].ends_with(" ms and the broker killed it, so call exits with 124"),
+        "{}",
+        output.describe()
+    );
+
+    let json = setup.client(&["call", "--json", "sleep"]);
+    assert_eq!(json.code(), Some(124), "{}", setup.describe(&json));
+    assert!(json.stderr.is_empty(), "{}", json.describe());
+}
+
+#[test]
+fn call_notes_signal_after_output() {
+    let setup = Setup::start();
+
+    let output = setup.client(&["call", "self-kill"]);
+
+    assert_eq!(output.code(), Some(137), "{}", setup.describe(&output));
+    assert_eq!(
+        output.stderr,
+        "secure_socket: signal 9 (SIGKILL) killed the script, so call exits with 137\n",
+        "{}",
+        output.describe()
+    );
+
+    let json = setup.client(&["call", "--json", "self-kill"]);
+    assert_eq!(json.code(), Some(137), "{}", setup.describe(&json));
+    assert!(json.stderr.is_empty(), "{}", json.describe());
+
+    let exited = setup.client(&["call", "exit-with", "code:=137"]);
+    assert_eq!(exited.code(), Some(137), "{}", setup.describe(&exited));
+    assert!(exited.stderr.is_empty(), "{}", exited.describe());
+}
+
+#[test]
+fn call_notes_signal_after_fake_output() {
+    let fixture = Fixture::new();
+    let reply = r#"{"parameters":{"stdout":"partial\n","stderr":"warning\n",
+        "exit_code":null,"signal":15,"timed_out":false}}"#;
+    let server = FakeServer::start(&fixture, "sigterm", reply);
+
+    let output = server.client(&fixture, &["call", "greet"]);
+
+    assert_eq!(output.code(), Some(143), "{}", output.describe());
+    assert_eq!(output.stdout, "partial\n", "{}", output.describe());
+    assert_eq!(
+        output.stderr,
+        "warning\nsecure_socket: signal 15 (SIGTERM) killed the script, so call exits \
+         with 143\n",
+        "{}",
+        output.describe()
+    );
+}
+
+#[test]
+fn describe_shows_lifted_string_rules() {
+    let setup = Setup::start();
+
+    let output = setup.client(&["describe", "note"]);
+
+    assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
+    assert!(
+        output.stdout.contains(
+            "    body (string, required) max_length=64 allow_newline allow_leading_dash\n"
+        ),
+        "{}",
+        output.describe()
+    );
+    assert!(
+        output
+            .stdout
+            .contains("    title (string, optional) max_length=8\n"),
+        "{}",
+        output.describe()
+    );
+
+    let json = setup.client(&["describe", "--json", "note"]);
+    assert_eq!(json.code(), Some(0), "{}", setup.describe(&json));
+    let reply = json.stdout_json();
+    let arguments = &json_reply_parameters(&reply)["command"]["arguments"];
+    let body = &arguments[0];
+    assert_eq!(body["name"], json!("body"), "{reply}");
+    assert_eq!(body["allow_newline"], json!(true), "{reply}");
+    assert_eq!(body["allow_control"], json!(false), "{reply}");
+    assert_eq!(body["allow_leading_dash"], json!(true), "{reply}");
+    let title = &arguments[1];
+    assert_eq!(title["name"], json!("title"), "{reply}");
+    assert_eq!(title["allow_newline"], json!(false), "{reply}");
+    assert_eq!(title["allow_control"], json!(false), "{reply}");
+    assert_eq!(title["allow_leading_dash"], json!(false), "{reply}");
+
+    let greet = setup.client(&["describe", "--json", "exit-with"]);
+    let reply = greet.stdout_json();
+    let code = &json_reply_parameters(&reply)["command"]["arguments"][0];
+    assert_eq!(code["allow_newline"], Value::Null, "{reply}");
+}
+
+/// Returns whether `text` is 16 lowercase hex digits, the form of a random 64-bit id.
+fn is_hex_id(text: &str) -> bool {
+    text.len() == 16
+        && text
+            .chars()
+            .all(|character| character.is_ascii_digit() || ('a'..='f').contains(&character))
+}
+
+#[test]
+fn request_id_has_two_forms() {
+    let setup = Setup::start();
+
+    // The monitor replies to a script run with a random 64-bit id.
+    let run = setup.client(&["call", "--json", "exit-with", "code:=0"]);
+    assert_eq!(run.code(), Some(0), "{}", setup.describe(&run));
+    let reply = run.stdout_json();
+    let run_id = json_reply_parameters(&reply)["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(is_hex_id(&run_id), "{reply}");
+
+    // The parser child replies to Describe with `<session>-<n>`, the first request on a
+    // new connection being number 1.
+    let describe = setup.client(&["describe", "--json", "greet"]);
+    assert_eq!(describe.code(), Some(0), "{}", setup.describe(&describe));
+    let reply = describe.stdout_json();
+    let describe_id = json_reply_parameters(&reply)["request_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let (session, number) = describe_id.split_once('-').unwrap_or_default();
+    assert!(is_hex_id(session), "{reply}");
+    assert_eq!(number, "1", "{reply}");
+}
+
+#[test]
 fn unknown_option_is_usage_error() {
     let setup = Setup::start();
 
@@ -603,7 +768,7 @@ fn help_prints_usage_on_stdout() {
     for args in [
         &["call", "--help"][..],
         &["list", "-h"],
-        &["describe", "greet", "--help"],
+        &["describe", "--help"],
     ] {
         let output = setup.client(args);
         assert_eq!(output.code(), Some(0), "{}", output.describe());
@@ -624,6 +789,29 @@ fn help_prints_usage_on_stdout() {
             output.describe()
         );
         assert!(output.stderr.is_empty(), "{}", output.describe());
+    }
+}
+
+#[test]
+fn help_with_argument_is_usage_error() {
+    let setup = Setup::start();
+
+    for (args, message) in [
+        (
+            &["call", "--help", "extra"][..],
+            "unexpected argument \"extra\": --help takes options only",
+        ),
+        (
+            &["describe", "greet", "--help"],
+            "unexpected argument \"greet\": --help takes options only",
+        ),
+        (
+            &["list", "-h", "--", "extra"],
+            "unexpected argument \"extra\": -h takes options only",
+        ),
+    ] {
+        let output = setup.client(args);
+        assert_usage_error(&output, message);
     }
 }
 
@@ -727,6 +915,37 @@ fn call_stdin_non_utf8_is_usage_error() {
 }
 
 #[test]
+fn call_stdin_option_twice_is_usage_error() {
+    let setup = Setup::start();
+
+    let stdin = stdin_file(&setup, "stdin-twice", b"text\n");
+    let output = client_with_stdin(&setup, &["call", "--stdin", "echo-stdin", "--stdin"], stdin);
+
+    assert_usage_error(&output, "option --stdin given twice");
+}
+
+#[test]
+fn call_stdin_directory_exits_66() {
+    let setup = Setup::start();
+
+    let directory = File::open(setup.fixture.path()).unwrap();
+    let output = client_with_stdin(
+        &setup,
+        &["call", "--stdin", "echo-stdin"],
+        Stdio::from(directory),
+    );
+
+    assert_eq!(output.code(), Some(66), "{}", output.describe());
+    assert!(output.stdout.is_empty(), "{}", output.describe());
+    assert_eq!(
+        output.stderr.lines().collect::<Vec<_>>(),
+        ["secure_socket: failed to read standard input: Is a directory (os error 21)"],
+        "{}",
+        output.describe()
+    );
+}
+
+#[test]
 fn call_without_stdin_option_reads_nothing() {
     let setup = Setup::start();
     // The write end stays open with data in the pipe, so a client that read stdin would
@@ -768,7 +987,7 @@ fn list_prints_one_line_per_command() {
     let output = setup.client(&["list"]);
 
     assert_eq!(output.code(), Some(0), "{}", setup.describe(&output));
-    assert_eq!(output.stdout.lines().count(), 9, "{}", output.describe());
+    assert_eq!(output.stdout.lines().count(), 10, "{}", output.describe());
     for line in output.stdout.lines() {
         assert_eq!(line, line.trim_end(), "trailing spaces in {line:?}");
     }
@@ -879,6 +1098,22 @@ fn call_rejects_impossible_exit_status() {
         (r#""exit_code":null,"signal":0"#, "signal 0 is not"),
         (r#""exit_code":null,"signal":65"#, "signal 65 is not"),
         (r#""exit_code":null,"signal":200"#, "signal 200 is not"),
+        (
+            r#""exit_code":0,"signal":9,"timed_out":false"#,
+            "has both exit_code 0 and signal 9",
+        ),
+        (
+            r#""exit_code":0,"signal":9,"timed_out":true"#,
+            "has both exit_code 0 and signal 9",
+        ),
+        (
+            r#""timed_out":false"#,
+            "has neither exit_code nor signal, and timed_out is false",
+        ),
+        (
+            r#""exit_code":null,"signal":null"#,
+            "has neither exit_code nor signal, and timed_out is missing",
+        ),
     ];
     for (index, (parameters, message)) in cases.iter().enumerate() {
         let reply = format!(r#"{{"parameters":{{"stdout":"out","stderr":null,{parameters}}}}}"#);
@@ -968,6 +1203,25 @@ fn version_takes_no_arguments() {
     let output = run_binary(&["--version", "extra"]);
     assert_eq!(output.code(), Some(64), "{}", output.describe());
     assert!(output.stdout.is_empty(), "{}", output.describe());
+}
+
+#[test]
+fn help_takes_no_arguments() {
+    let output = run_binary(&["--help"]);
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+
+    for args in [&["--help", "extra"][..], &["-h", "call"], &["help", "call"]] {
+        let output = run_binary(args);
+        assert_eq!(output.code(), Some(64), "{args:?}\n{}", output.describe());
+        assert!(output.stdout.is_empty(), "{args:?}\n{}", output.describe());
+        assert!(
+            output
+                .stderr
+                .starts_with("usage: secure_socket --help (it takes no arguments"),
+            "{args:?}\n{}",
+            output.describe()
+        );
+    }
 }
 
 #[test]

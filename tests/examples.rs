@@ -69,6 +69,15 @@ allow_users = ["www-data"]
 capture_output = true
 output_limit = 16
 
+[command.two-lines]
+description = """
+First line
+second line"""
+script = "@FIXTURE@/scripts/greet"
+run_as = "nobody"
+allow_users = ["www-data"]
+argv = ["two"]
+
 [command.root-only]
 description = "A command that only root may run, so List must leave it out"
 script = "@FIXTURE@/scripts/greet"
@@ -351,7 +360,7 @@ fn client_lists_permitted_commands(language: &'static Language) {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["binary", "exit-with", "flood", "greet"],
+        ["binary", "exit-with", "flood", "greet", "two-lines"],
         "{outcome}"
     );
 
@@ -420,6 +429,97 @@ fn php_cli_notes_truncated_output() {
 #[test]
 fn php_cli_reports_rejection_with_exit_65() {
     cli_reports_rejection_with_exit_65(&PHP_EXAMPLE);
+}
+
+/// Checks that an argument that is not UTF-8 is a usage error that shows the argument,
+/// and that nothing reaches the broker.
+fn cli_rejects_non_utf8_argument(language: &'static Language) {
+    use std::os::unix::ffi::OsStrExt;
+
+    let setup = Setup::start(language);
+    let program = setup.file(language.cli);
+    let socket = setup.fixture.socket_path();
+    let mut command = command_as(
+        WWW_DATA,
+        Path::new(language.interpreter),
+        &[
+            &program.to_string_lossy(),
+            "--socket",
+            &socket.to_string_lossy(),
+            "greet",
+        ],
+        &[],
+    );
+    command.arg(std::ffi::OsStr::from_bytes(b"name=\xff"));
+
+    let output = spawn(command).finish(common::CLIENT_TIMEOUT);
+
+    assert_eq!(output.code(), Some(64), "{}", output.describe());
+    assert!(output.stdout.is_empty(), "{}", output.describe());
+    assert!(
+        output.stderr.contains("invalid argument"),
+        "{}",
+        output.describe()
+    );
+    assert!(
+        output.stderr.contains("not valid UTF-8"),
+        "{}",
+        output.describe()
+    );
+    assert!(output.stderr.contains("name="), "{}", output.describe());
+    assert!(
+        !output.stderr.contains("org.securesocket"),
+        "the request reached the broker\n{}",
+        output.describe()
+    );
+}
+
+#[test]
+fn php_cli_rejects_non_utf8_argument() {
+    cli_rejects_non_utf8_argument(&PHP_EXAMPLE);
+}
+
+#[test]
+fn python_cli_rejects_non_utf8_argument() {
+    cli_rejects_non_utf8_argument(&PYTHON_EXAMPLE);
+}
+
+#[test]
+fn php_cli_help_prints_usage() {
+    let setup = Setup::start(&PHP_EXAMPLE);
+
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["--socket", "/run/b.sock", "--help"],
+    ] {
+        let output = setup.run_as(WWW_DATA, PHP_EXAMPLE.cli, args);
+        assert_eq!(output.code(), Some(0), "{args:?}\n{}", output.describe());
+        assert!(
+            output.stdout.starts_with("usage: php run_command.php "),
+            "{args:?}\n{}",
+            output.describe()
+        );
+        assert!(output.stderr.is_empty(), "{args:?}\n{}", output.describe());
+    }
+}
+
+#[test]
+fn python_cli_list_escapes_line_break() {
+    let setup = Setup::start(&PYTHON_EXAMPLE);
+
+    let output = setup.run_cli(&["--list"]);
+
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    assert_eq!(output.stdout.lines().count(), 5, "{}", output.describe());
+    assert!(
+        output
+            .stdout
+            .lines()
+            .any(|line| line == "two-lines\tFirst line\\nsecond line"),
+        "{}",
+        output.describe()
+    );
 }
 
 #[test]

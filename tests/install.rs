@@ -427,3 +427,35 @@ fn build_sh_rejects_relative_destdir() {
     );
     assert!(!repository.join("build").exists(), "{}", output.describe());
 }
+
+#[test]
+fn install_with_destdir_lists_staged_files() {
+    let fixture = Fixture::new();
+
+    let (destdir, output) = install_into_fixture(&fixture);
+
+    assert_eq!(output.code(), Some(0), "{}", output.describe());
+    let destdir = destdir.to_str().unwrap();
+    let stdout = &output.stdout;
+    assert!(
+        stdout.contains(&format!("staged secure_socket under {destdir} ")),
+        "{stdout}"
+    );
+    for path in [
+        "usr/local/bin/secure_socket",
+        "usr/local/libexec/secure_socket/examples/",
+        "etc/secure_socket/policy.d/",
+        "etc/systemd/system/secure_socket.service",
+        "etc/systemd/system/secure_socket.socket",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line == format!("  {destdir}/{path}")
+                    || line.starts_with(&format!("  {destdir}/{path} "))),
+            "{path} missing from:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("systemctl"), "{stdout}");
+    assert!(!stdout.contains("check the policy"), "{stdout}");
+}

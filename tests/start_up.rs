@@ -77,6 +77,25 @@ fn policy_error_reported_once_on_stderr() {
 }
 
 #[test]
+fn policy_error_count_in_singular() {
+    let fixture = Fixture::new();
+    // Only the script is wrong, so the policy has exactly one error.
+    fixture.write_policy(
+        "greet",
+        "[command.greet]\nscript = \"@FIXTURE@/scripts/missing\"\nrun_as = \"nobody\"\n\
+         allow_users = [\"www-data\"]\n",
+    );
+    let arguments = broker_arguments(&fixture, &[("log_file", ""), ("log_destination", "stderr")]);
+
+    let output = run_broker_to_exit(&arguments);
+
+    assert_eq!(output.code(), Some(EXIT_CONFIG), "{}", output.describe());
+    let stderr = &output.stderr;
+    assert_eq!(count(stderr, "is invalid (1 error)"), 1, "{stderr}");
+    assert_eq!(count(stderr, "errors)"), 0, "{stderr}");
+}
+
+#[test]
 fn policy_error_with_log_file_reaches_both() {
     let fixture = Fixture::new();
     fixture.write_policy("greet", BROKEN_POLICY);

@@ -3,6 +3,7 @@
  * Runs one broker command from the command line, as a web backend would from a request:
  *
  *     php run_command.php [--socket PATH] COMMAND [name=value | name:=JSON]...
+ *     php run_command.php --help
  *     php run_command.php add-mail-user user=alice domain=example.org quota_mb:=500 password=s3cret
  *
  * name=value sends a string and name:=JSON any JSON value. The command's stdout and stderr
@@ -33,6 +34,11 @@ function parse_arguments(array $items): array
 {
     $arguments = [];
     foreach ($items as $item) {
+        // PHP strings are bytes, and json_encode would fail later without naming the item.
+        if (preg_match('//u', $item) !== 1) {
+            $shown = addcslashes($item, "\0..\37\177..\377");
+            throw new InvalidArgumentException("invalid argument \"{$shown}\": not valid UTF-8");
+        }
         $json = strpos($item, ':=');
         $equals = strpos($item, '=');
         if ($json !== false && $json < $equals) {
@@ -76,6 +82,10 @@ function main(array $argv): int
     if ($rest === []) {
         fwrite(STDERR, $usage);
         return EXIT_USAGE;
+    }
+    if ($rest[0] === '--help' || $rest[0] === '-h') {
+        fwrite(STDOUT, $usage);
+        return 0;
     }
 
     $command = $rest[0];

@@ -37,6 +37,7 @@ import json
 import math
 import socket
 import sys
+import unicodedata
 
 DEFAULT_SOCKET = "/run/secure_socket/broker.sock"
 
@@ -170,6 +171,7 @@ def _parse_arguments(items):
         if "=" not in item:
             raise ValueError("invalid argument %r: expected name=value or name:=JSON" % item)
         # The first "=" ends the name, so a string value may itself contain ":=".
+        _check_utf8(item, "argument")
         name, value = item.split("=", 1)
         if name.endswith(":"):
             name = name[:-1]
@@ -180,6 +182,33 @@ def _parse_arguments(items):
             raise ValueError("argument %r given twice" % name)
         arguments[name] = value
     return arguments
+
+
+def _check_utf8(word, what):
+    """Raise ValueError when the command-line word `word` was not valid UTF-8.
+
+    Python decodes argv with surrogateescape, so a byte that is not UTF-8 arrives as a
+    lone surrogate, which json.dumps would send as a \\udcXX escape that the broker
+    rejects. The message shows the original bytes, for example 'mode=\\xff'.
+    """
+    try:
+        word.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = word.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise ValueError("invalid %s '%s': not valid UTF-8" % (what, _escape_control(shown))) \
+            from None
+
+
+def _escape_control(text):
+    """Return `text` with each control character (category Cc) written as a Python
+    escape such as \\n, so that a string from the broker cannot split a line or reach
+    the terminal as an escape sequence."""
+    return "".join(
+        character.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(character) == "Cc"
+        else character
+        for character in text
+    )
 
 
 def _reject_constant(constant):
@@ -237,6 +266,8 @@ def _main():
         parser.error("a command or --list is required")
 
     try:
+        if options.command is not None:
+            _check_utf8(options.command, "command")
         arguments = _parse_arguments(options.arguments)
     except ValueError as error:
         parser.error(str(error))
@@ -245,7 +276,8 @@ def _main():
     try:
         if options.list:
             for command in client.list():
-                print("%s\t%s" % (command["name"], command["description"]))
+                print("%s\t%s" % (_escape_control(command["name"]),
+                                   _escape_control(command["description"])))
             return 0
         reply = client.run(options.command, arguments)
         stdout = output_bytes(reply, "stdout")

@@ -45,7 +45,7 @@ options:
                  command's stdin_limit). The whole request must also fit the
                  broker's max_frame_bytes (default 65536). Without --stdin,
                  standard input is not read.
-  -h, --help     print this help
+  -h, --help     print this help (with COMMAND or arguments it is a usage error)
   --             end the options, so that the next word is COMMAND even when it
                  starts with '-'
 
@@ -54,15 +54,17 @@ arguments of call:
   name:=JSON     sends a JSON value, for example count:=5 or force:=true
 
 call writes the script's stdout and stderr byte for byte. When the broker truncated
-either at the command's output_limit, a note on stderr follows the output.
+either at the command's output_limit, when the script timed out, or when a signal
+killed it, a one-line note on stderr follows the output (not with --json).
 
 exit status of call: the script's own exit code, 128+N when signal N killed the
 script, and 124 when it timed out. The client itself exits with 65 when the broker
 rejected the request (the varlink error is on stderr), 69 when the broker could not
-be reached or sent an invalid reply, and 64 on usage errors. list and describe exit
-with 0 or one of these three codes.
+be reached or sent an invalid reply, 66 when --stdin failed to read standard input
+(for example a directory), and 64 on usage errors. list and describe exit with 0 or
+one of 64, 65 and 69.
 
-A script can itself exit with 64, 65, 69, 124 or a code above 128, so the exit
+A script can itself exit with 64, 65, 66, 69, 124 or a code above 128, so the exit
 status alone cannot tell the script's code from an error or a signal. The output of
 --json can. Its stdout is empty after a usage or connection error, the reply has an
 \"error\" field when the broker rejected the request, and otherwise the reply's
@@ -146,19 +148,33 @@ pub enum UsageError {
     DuplicateArgument { name: String },
     #[error("option --stdin is valid for call only, not for {subcommand}")]
     StdinNotForSubcommand { subcommand: &'static str },
+    #[error("option {option} given twice")]
+    DuplicateOption { option: &'static str },
+    #[error(
+        "unexpected argument {argument:?}: {option} takes options only, no COMMAND or arguments"
+    )]
+    HelpWithArgument { option: String, argument: String },
+}
+
+/// Standard input that `call --stdin` cannot send.
+#[derive(Debug, Error)]
+pub enum StdinError {
+    /// The client exits with 66 (EX_NOINPUT), because the input, not the command line,
+    /// is at fault, for example a directory given with `< DIR`.
     #[error("failed to read standard input")]
-    ReadStdin(#[source] std::io::Error),
+    Read(#[source] std::io::Error),
     #[error("standard input is larger than {max} bytes, the maximum that a Run request carries")]
-    StdinTooLarge { max: usize },
+    TooLarge { max: usize },
     #[error("invalid standard input: not valid UTF-8, but the protocol sends stdin as a string")]
-    StdinNotUtf8,
+    NotUtf8,
 }
 
 /// Parses the words after the subcommand. `socket_env` is the value of
 /// [`SOCKET_ENV`], which `--socket` overrides.
 ///
 /// Options may come before or after the positional words, up to a `--`, after which
-/// every word is positional. A lone `-` is positional too.
+/// every word is positional. A lone `-` is positional too. `--help` with a positional
+/// word is a usage error, so that `call --help greet` does not exit 0 as if it ran.
 pub fn parse(
     subcommand: Subcommand,
     words: &[String],
@@ -167,6 +183,7 @@ pub fn parse(
     let mut socket_option = None;
     let mut json = false;
     let mut stdin = false;
+    let mut help = None;
     let mut positional: Vec<&String> = Vec::new();
     let mut words = words.iter();
     while let Some(word) = words.next() {
@@ -175,8 +192,11 @@ pub fn parse(
                 positional.extend(words.by_ref());
                 break;
             }
-            "-h" | "--help" => return Ok(Invocation::Help),
+            "-h" | "--help" => help = Some(word),
             "--json" => json = true,
+            "--stdin" if subcommand == Subcommand::Call && stdin => {
+                return Err(UsageError::DuplicateOption { option: "--stdin" });
+            }
             "--stdin" if subcommand == Subcommand::Call => stdin = true,
             "--stdin" => {
                 return Err(UsageError::StdinNotForSubcommand {
@@ -203,6 +223,16 @@ pub fn parse(
         }
     }
 
+    if let Some(help) = help {
+        return match positional.first() {
+            None => Ok(Invocation::Help),
+            Some(argument) => Err(UsageError::HelpWithArgument {
+                option: help.clone(),
+                argument: argument.to_string(),
+            }),
+        };
+    }
+
     let (socket, origin) = match (socket_option, socket_env) {
         (Some(path), _) => (path, "--socket"),
         (None, Some(value)) => (PathBuf::from(value), SOCKET_ENV),
@@ -225,7 +255,7 @@ pub fn parse(
 /// Reads `reader` to its end as the stdin of a Run request: UTF-8 text of at most
 /// `max_bytes` bytes. It reads one byte past the maximum at most, so a larger or endless
 /// input is rejected without being stored.
-pub fn read_stdin(reader: impl Read, max_bytes: usize) -> Result<String, UsageError> {
+pub fn read_stdin(reader: impl Read, max_bytes: usize) -> Result<String, StdinError> {
     let mut bytes = Vec::new();
     let limit = u64::try_from(max_bytes)
         .unwrap_or(u64::MAX)
@@ -233,11 +263,11 @@ pub fn read_stdin(reader: impl Read, max_bytes: usize) -> Result<String, UsageEr
     reader
         .take(limit)
         .read_to_end(&mut bytes)
-        .map_err(UsageError::ReadStdin)?;
+        .map_err(StdinError::Read)?;
     if bytes.len() > max_bytes {
-        return Err(UsageError::StdinTooLarge { max: max_bytes });
+        return Err(StdinError::TooLarge { max: max_bytes });
     }
-    String::from_utf8(bytes).map_err(|_| UsageError::StdinNotUtf8)
+    String::from_utf8(bytes).map_err(|_| StdinError::NotUtf8)
 }
 
 /// Rejects a path that no unix socket can have, which `connect` would otherwise report
@@ -469,17 +499,55 @@ mod tests {
     }
 
     #[test]
-    fn help_anywhere_before_double_dash() {
+    fn help_rejects_positional_words() {
         assert!(matches!(
-            parse_words(Subcommand::Call, &["greet", "--help"]),
+            parse_words(Subcommand::Call, &["--help"]),
             Ok(Invocation::Help)
         ));
         assert!(matches!(
             parse_words(Subcommand::List, &["-h"]),
             Ok(Invocation::Help)
         ));
-        let request = request(Subcommand::Call, &["--", "--help"]);
-        assert_eq!(request.parameters["command"], json!("--help"));
+        assert!(matches!(
+            parse_words(
+                Subcommand::List,
+                &["--socket", "/run/b.sock", "-h", "--json"]
+            ),
+            Ok(Invocation::Help)
+        ));
+        for words in [
+            &["--help", "extra"][..],
+            &["greet", "--help"],
+            &["--help", "--", "greet"],
+        ] {
+            let error = usage_error(Subcommand::Call, words);
+            assert!(
+                matches!(error, UsageError::HelpWithArgument { .. }),
+                "{words:?}: {error}"
+            );
+        }
+        let error = usage_error(Subcommand::Call, &["--help", "extra"]);
+        assert_eq!(
+            error.to_string(),
+            "unexpected argument \"extra\": --help takes options only, no COMMAND or arguments"
+        );
+    }
+
+    #[test]
+    fn help_after_double_dash_is_command() {
+        let call = request(Subcommand::Call, &["--", "--help"]);
+        assert_eq!(call.parameters["command"], json!("--help"));
+        let describe = request(Subcommand::Describe, &["--", "-h"]);
+        assert_eq!(describe.parameters["command"], json!("-h"));
+    }
+
+    #[test]
+    fn stdin_option_twice_rejected() {
+        let error = usage_error(Subcommand::Call, &["--stdin", "greet", "--stdin"]);
+        assert!(
+            matches!(error, UsageError::DuplicateOption { option: "--stdin" }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -589,10 +657,7 @@ mod tests {
         let text = read_stdin(&b"caf\xc3\xa9"[..], 5).unwrap();
         assert_eq!(text, "caf\u{e9}");
         let error = read_stdin(&b"123456"[..], 5).unwrap_err();
-        assert!(
-            matches!(error, UsageError::StdinTooLarge { max: 5 }),
-            "{error}"
-        );
+        assert!(matches!(error, StdinError::TooLarge { max: 5 }), "{error}");
     }
 
     #[test]
@@ -600,15 +665,25 @@ mod tests {
         // An endless reader ends with the error instead of filling memory.
         let error = read_stdin(std::io::repeat(b'a'), 1024).unwrap_err();
         assert!(
-            matches!(error, UsageError::StdinTooLarge { max: 1024 }),
+            matches!(error, StdinError::TooLarge { max: 1024 }),
             "{error}"
         );
     }
 
     #[test]
+    fn read_stdin_reports_read_error() {
+        let directory = std::fs::File::open("/").unwrap();
+        let error = read_stdin(directory, 16).unwrap_err();
+        let StdinError::Read(cause) = &error else {
+            panic!("expected a read error, got {error}");
+        };
+        assert_eq!(cause.kind(), std::io::ErrorKind::IsADirectory, "{cause}");
+    }
+
+    #[test]
     fn read_stdin_rejects_non_utf8() {
         let error = read_stdin(&b"ok\xff"[..], 16).unwrap_err();
-        assert!(matches!(error, UsageError::StdinNotUtf8), "{error}");
+        assert!(matches!(error, StdinError::NotUtf8), "{error}");
     }
 
     #[test]

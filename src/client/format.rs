@@ -122,6 +122,14 @@ pub(super) fn format_command(command: &Value) -> String {
                 line.push_str(&format!(" {key}={}", text_of_json(&argument[key])));
             }
         }
+        // The broker sends these flags for string arguments only, and a string argument
+        // rejects line breaks, other control characters and a leading '-' unless its
+        // flag is true. So the text names only the flags that lift a rule.
+        for key in ["allow_newline", "allow_control", "allow_leading_dash"] {
+            if argument[key] == Value::Bool(true) {
+                line.push_str(&format!(" {key}"));
+            }
+        }
         if argument["sensitive"] == Value::Bool(true) {
             line.push_str(" sensitive");
         }
@@ -166,6 +174,36 @@ mod tests {
         assert!(text.contains("  timeout_ms: 5000\n"), "{text}");
         assert!(
             text.contains("    service (enum, required) values=[\"nginx\"]\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn describe_text_names_lifted_string_rules() {
+        let command = json!({
+            "name": "note", "description": "",
+            "arguments": [
+                { "name": "body", "kind": "string", "required": true, "description": "", "max_length": 64,
+                  "allow_newline": true, "allow_control": false, "allow_leading_dash": true },
+                { "name": "title", "kind": "string", "required": true, "description": "", "max_length": 8,
+                  "allow_newline": false, "allow_control": false, "allow_leading_dash": false },
+                { "name": "raw", "kind": "string", "required": false, "description": "", "max_length": 8,
+                  "allow_control": true },
+            ],
+        });
+        let text = format_command(&command);
+        assert!(
+            text.contains(
+                "    body (string, required) max_length=64 allow_newline allow_leading_dash\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("    title (string, required) max_length=8\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    raw (string, optional) max_length=8 allow_control\n"),
             "{text}"
         );
     }

@@ -55,7 +55,11 @@ pub enum MonitorError {
     },
     #[error("{0}")]
     Conflict(String),
-    #[error("policy in {dir} is invalid ({} errors)", errors.len())]
+    #[error(
+        "policy in {dir} is invalid ({} {})",
+        errors.len(),
+        if errors.len() == 1 { "error" } else { "errors" }
+    )]
     Policy {
         dir: String,
         errors: Vec<policy::PolicyError>,

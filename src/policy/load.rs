@@ -77,6 +77,7 @@ impl fmt::Display for LoadError {
         match self.errors.as_slice() {
             [] => formatter.write_str("invalid policy"),
             [only] => write!(formatter, "invalid policy: {only}"),
+            [first, _] => write!(formatter, "invalid policy: {first} (and 1 more error)"),
             [first, rest @ ..] => write!(
                 formatter,
                 "invalid policy: {first} (and {} more errors)",

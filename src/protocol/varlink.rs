@@ -92,6 +92,11 @@ type ArgumentInfo (
   pattern: ?string,
   # Character class that every character of a string value must match.
   charset: ?string,
+  # Whether a string value may contain a line break (LF, CR, U+0085, U+2028, U+2029),
+  # another control character other than NUL, and a leading '-'. Null for other kinds.
+  allow_newline: ?bool,
+  allow_control: ?bool,
+  allow_leading_dash: ?bool,
   # Smallest and largest accepted integer.
   min: ?int,
   max: ?int,
@@ -765,6 +770,9 @@ fn argument_info(argument: &ArgSpec) -> Value {
         "max_length",
         "pattern",
         "charset",
+        "allow_newline",
+        "allow_control",
+        "allow_leading_dash",
         "min",
         "max",
         "values",
@@ -781,6 +789,12 @@ fn argument_info(argument: &ArgSpec) -> Value {
             ..
         } => {
             info.insert("max_length".into(), json!(max_length));
+            info.insert("allow_newline".into(), json!(argument.allow_newline));
+            info.insert("allow_control".into(), json!(argument.allow_control));
+            info.insert(
+                "allow_leading_dash".into(),
+                json!(argument.allow_leading_dash),
+            );
             if let Some(pattern) = pattern {
                 info.insert("pattern".into(), json!(pattern.source));
             }
@@ -1409,14 +1423,17 @@ mod tests {
             name: "deploy".into(),
             description: "Deploy a site".into(),
             arguments: vec![
-                argument(
-                    "branch",
-                    ArgKind::String {
-                        max_length: 64,
-                        pattern: Some(Pattern::new("[a-z]+").unwrap()),
-                        charset: Some(Pattern::new("[a-z]").unwrap()),
-                    },
-                ),
+                ArgSpec {
+                    allow_newline: true,
+                    ..argument(
+                        "branch",
+                        ArgKind::String {
+                            max_length: 64,
+                            pattern: Some(Pattern::new("[a-z]+").unwrap()),
+                            charset: Some(Pattern::new("[a-z]").unwrap()),
+                        },
+                    )
+                },
                 argument("count", ArgKind::Integer { min: 1, max: 9 }),
                 argument(
                     "mode",
@@ -1454,20 +1471,26 @@ mod tests {
         let expected = [
             json!({"name": "branch", "kind": "string", "description": "the branch",
                 "required": true, "sensitive": false, "max_length": 64, "pattern": "[a-z]+",
-                "charset": "[a-z]", "min": null, "max": null, "values": null, "prefixes": null}),
+                "charset": "[a-z]", "allow_newline": true, "allow_control": false,
+                "allow_leading_dash": false, "min": null, "max": null, "values": null,
+                "prefixes": null}),
             json!({"name": "count", "kind": "integer", "description": "the count",
                 "required": true, "sensitive": false, "max_length": null, "pattern": null,
-                "charset": null, "min": 1, "max": 9, "values": null, "prefixes": null}),
+                "charset": null, "allow_newline": null, "allow_control": null,
+                "allow_leading_dash": null, "min": 1, "max": 9, "values": null, "prefixes": null}),
             json!({"name": "mode", "kind": "enum", "description": "the mode",
                 "required": true, "sensitive": false, "max_length": null, "pattern": null,
-                "charset": null, "min": null, "max": null, "values": ["fast", "slow"],
+                "charset": null, "allow_newline": null, "allow_control": null,
+                "allow_leading_dash": null, "min": null, "max": null, "values": ["fast", "slow"],
                 "prefixes": null}),
             json!({"name": "force", "kind": "boolean", "description": "the force",
                 "required": true, "sensitive": false, "max_length": null, "pattern": null,
-                "charset": null, "min": null, "max": null, "values": null, "prefixes": null}),
+                "charset": null, "allow_newline": null, "allow_control": null,
+                "allow_leading_dash": null, "min": null, "max": null, "values": null, "prefixes": null}),
             json!({"name": "target", "kind": "path", "description": "the target",
                 "required": true, "sensitive": false, "max_length": 4096, "pattern": null,
-                "charset": null, "min": null, "max": null, "values": null,
+                "charset": null, "allow_newline": null, "allow_control": null,
+                "allow_leading_dash": null, "min": null, "max": null, "values": null,
                 "prefixes": ["/srv"]}),
         ];
         for (argument, expected) in arguments.iter().zip(expected) {

@@ -1488,3 +1488,27 @@ fn error_display_without_line_or_key() {
         "/etc/p/a.toml: policy file is not a regular file"
     );
 }
+
+#[test]
+fn load_error_counts_more_errors() {
+    let error = |message: &str| PolicyError {
+        file: PathBuf::from("/etc/p/a.toml"),
+        line: None,
+        key: String::new(),
+        message: message.to_owned(),
+    };
+    let two = LoadError {
+        errors: vec![error("first"), error("second")],
+    };
+    assert_eq!(
+        two.to_string(),
+        "invalid policy: /etc/p/a.toml: first (and 1 more error)"
+    );
+    let three = LoadError {
+        errors: vec![error("first"), error("second"), error("third")],
+    };
+    assert_eq!(
+        three.to_string(),
+        "invalid policy: /etc/p/a.toml: first (and 2 more errors)"
+    );
+}
