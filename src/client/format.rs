@@ -76,11 +76,12 @@ pub(super) fn format_command(command: &Value) -> String {
         Value::String(text) => escape_control(text),
         other => escape_control(&other.to_string()),
     };
-    let mut text = format!(
-        "{}: {}\n",
-        text_of(&command["name"]),
-        text_of(&command["description"])
-    );
+    let description = text_of(&command["description"]);
+    let mut text = if description.is_empty() {
+        format!("{}\n", text_of(&command["name"]))
+    } else {
+        format!("{}: {description}\n", text_of(&command["name"]))
+    };
     for key in [
         "timeout_ms",
         "capture_output",
@@ -176,6 +177,12 @@ mod tests {
             text.contains("    service (enum, required) values=[\"nginx\"]\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn describe_text_without_description_ends_at_name() {
+        let text = format_command(&json!({ "name": "note", "description": "" }));
+        assert!(text.starts_with("note\n"), "{text:?}");
     }
 
     #[test]
