@@ -21,22 +21,11 @@ const SCRIPTS_DIR: &str = "/usr/local/libexec/secure_socket/examples";
 
 const POLICY_DIR: &str = "etc/secure_socket/policy.d";
 
-/// Runs `sh install.sh` with `DESTDIR=destdir` and the test binary, and waits for it.
-fn run_install(destdir: &str) -> ProcessOutput {
-    let mut command = Command::new("/bin/sh");
-    command
-        .arg(Path::new(REPOSITORY).join("install.sh"))
-        .env("DESTDIR", destdir)
-        .env("BINARY", BROKER_BINARY)
-        .current_dir("/");
-    spawn(command).finish(common::CLIENT_TIMEOUT)
-}
-
 /// Creates `<fixture>/destdir` and installs into it.
 fn install_into_fixture(fixture: &Fixture) -> (PathBuf, ProcessOutput) {
     let destdir = fixture.path().join("destdir");
     fs::create_dir(&destdir).unwrap();
-    let output = run_install(destdir.to_str().unwrap());
+    let output = common::run_install_script(destdir.to_str().unwrap());
     (destdir, output)
 }
 
@@ -230,7 +219,7 @@ fn install_keeps_existing_policy() {
     let local_text = "# the administrator's own policy\n";
     fs::write(&local, local_text).unwrap();
 
-    let output = run_install(destdir.to_str().unwrap());
+    let output = common::run_install_script(destdir.to_str().unwrap());
     assert_eq!(output.code(), Some(0), "{}", output.describe());
 
     assert_eq!(sorted_names(&policy_dir), ["local.toml"]);
@@ -246,7 +235,7 @@ fn install_keeps_existing_policy() {
 #[test]
 fn install_rejects_relative_destdir() {
     common::require_root();
-    let output = run_install("relative/destdir");
+    let output = common::run_install_script("relative/destdir");
     assert_eq!(output.code(), Some(1), "{}", output.describe());
     assert!(
         output.stderr.contains("DESTDIR must be an absolute path"),

@@ -23,9 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BROKER_BINARY, ProcessOutput, spawn, wait_for};
-
-const REPOSITORY: &str = env!("CARGO_MANIFEST_DIR");
+use common::{ProcessOutput, spawn, wait_for};
 
 const SYSTEMD: &str = "/lib/systemd/systemd";
 
@@ -340,13 +338,7 @@ fn prepare_scratch(scratch: &Path) {
     fs::create_dir_all(scratch).unwrap();
     let destdir = scratch.join("destdir");
     fs::create_dir(&destdir).unwrap();
-    let mut install = Command::new("/bin/sh");
-    install
-        .arg(Path::new(REPOSITORY).join("install.sh"))
-        .env("DESTDIR", &destdir)
-        .env("BINARY", BROKER_BINARY)
-        .current_dir("/");
-    let output = spawn(install).finish(common::CLIENT_TIMEOUT);
+    let output = common::run_install_script(&destdir);
     assert_eq!(output.code(), Some(0), "{}", output.describe());
 
     let journald_dropins = destdir.join("etc/systemd/journald.conf.d");

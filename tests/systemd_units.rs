@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{BROKER_BINARY, Fixture, ProcessOutput, spawn};
+use common::{Fixture, ProcessOutput, spawn};
 
 const REPOSITORY: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -46,13 +46,7 @@ fn systemd_analyze_available() -> bool {
 fn install_units(fixture: &Fixture) -> PathBuf {
     let destdir = fixture.path().join("destdir");
     fs::create_dir(&destdir).unwrap();
-    let mut command = Command::new("/bin/sh");
-    command
-        .arg(Path::new(REPOSITORY).join("install.sh"))
-        .env("DESTDIR", &destdir)
-        .env("BINARY", BROKER_BINARY)
-        .current_dir("/");
-    let output = spawn(command).finish(common::CLIENT_TIMEOUT);
+    let output = common::run_install_script(&destdir);
     assert_eq!(output.code(), Some(0), "{}", output.describe());
 
     let staged_binary = format!("{}{INSTALLED_BINARY}", destdir.display());

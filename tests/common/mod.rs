@@ -694,6 +694,19 @@ pub fn spawn_with_stdin(mut command: Command, stdin: Stdio) -> RunningProcess {
     }
 }
 
+/// Runs the repository's install.sh with `DESTDIR=destdir` and the test binary as
+/// BINARY, and waits for it.
+pub fn run_install_script(destdir: impl AsRef<std::ffi::OsStr>) -> ProcessOutput {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("install.sh");
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg(script)
+        .env("DESTDIR", destdir)
+        .env("BINARY", BROKER_BINARY)
+        .current_dir("/");
+    spawn(command).finish(CLIENT_TIMEOUT)
+}
+
 /// Builds a command that runs `program` as `user` (uid, gid, no supplementary groups) with an
 /// environment of only PATH and `env`, in `/`.
 pub fn command_as(user: User, program: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
