@@ -132,12 +132,7 @@ const SCRIPT_PATH: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// A fixture holding [`POLICY`] and [`SCRIPTS`].
 fn policy_fixture() -> Fixture {
-    let fixture = Fixture::new();
-    fixture.write_policy("commands", POLICY);
-    for (name, text) in SCRIPTS {
-        fixture.write_script(name, text);
-    }
-    fixture
+    Fixture::with_commands(POLICY, SCRIPTS)
 }
 
 /// A fixture with [`POLICY`] and a broker started on it with the default test parameters.

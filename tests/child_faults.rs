@@ -56,12 +56,7 @@ const POOL_SIZE: usize = 2;
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn policy_fixture() -> Fixture {
-    let fixture = Fixture::new();
-    fixture.write_policy("commands", POLICY);
-    for (name, text) in SCRIPTS {
-        fixture.write_script(name, text);
-    }
-    fixture
+    Fixture::with_commands(POLICY, SCRIPTS)
 }
 
 fn start_broker(fixture: &Fixture, pool_size: usize) -> Broker {

@@ -30,10 +30,7 @@ capture_output = true
 const SLOT_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn policy_fixture() -> Fixture {
-    let fixture = Fixture::new();
-    fixture.write_policy("commands", POLICY);
-    fixture.write_script("hello", "#!/bin/sh\necho hello\n");
-    fixture
+    Fixture::with_commands(POLICY, &[("hello", "#!/bin/sh\necho hello\n")])
 }
 
 /// Sends GetInfo and returns the first frame the broker sends back. A broker that

@@ -15,30 +15,12 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use common::{
-    Broker, DAEMON, Fixture, WWW_DATA, broker_arguments, run_broker_to_exit, run_client_as,
-    wait_for,
+    Broker, DAEMON, EXIT_CONFIG, Fixture, WWW_DATA, broker_arguments, run_broker_to_exit,
+    run_client_as, wait_for,
 };
-
-const POLICY: &str = r#"
-[command.greet]
-script = "@FIXTURE@/scripts/greet"
-run_as = "nobody"
-allow_users = ["www-data"]
-capture_output = true
-"#;
 
 /// How long the broker gets to act on a signal or to write a record.
 const LOG_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Exit status of a start refused for its parameters or the files they name (EX_CONFIG).
-const EXIT_CONFIG: i32 = 78;
-
-fn fixture_with_policy() -> Fixture {
-    let fixture = Fixture::new();
-    fixture.write_policy("greet", POLICY);
-    fixture.write_script("greet", "#!/bin/sh\necho hello\n");
-    fixture
-}
 
 /// Runs `greet` as www-data and returns the request id of the reply.
 fn call_greet(fixture: &Fixture) -> String {
@@ -66,7 +48,7 @@ fn send_sighup(broker: &Broker) {
 
 #[test]
 fn sighup_reopens_renamed_log_file() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let broker = Broker::start(&fixture, &[]);
     let log_path = fixture.log_path();
     let rotated = fixture.path().join("broker.log.1");
@@ -102,7 +84,7 @@ fn sighup_reopens_renamed_log_file() {
 
 #[test]
 fn reopened_log_file_has_safe_mode() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let broker = Broker::start(&fixture, &[]);
     let log_path = fixture.log_path();
     fs::rename(&log_path, fixture.path().join("broker.log.1")).unwrap();
@@ -138,7 +120,7 @@ fn reopen_error_line(broker: &Broker, rotated: &Path) -> String {
 
 #[test]
 fn failed_reopen_keeps_old_file() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let broker = Broker::start(&fixture, &[]);
     let log_path = fixture.log_path();
     let rotated = fixture.path().join("broker.log.1");
@@ -188,7 +170,7 @@ fn make_dir(path: &Path, mode: u32) -> PathBuf {
 
 #[test]
 fn fifo_log_file_rejected_without_hanging() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let fifo = fixture.path().join("log.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
 
@@ -197,7 +179,7 @@ fn fifo_log_file_rejected_without_hanging() {
 
 #[test]
 fn directory_log_file_rejected() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let directory = make_dir(&fixture.path().join("logs"), 0o755);
 
     assert_log_file_rejected(&fixture, &directory, "directory, not a regular file");
@@ -205,7 +187,7 @@ fn directory_log_file_rejected() {
 
 #[test]
 fn symlinked_log_file_rejected() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let target = fixture.path().join("real.log");
     fs::write(&target, "").unwrap();
     let link = fixture.path().join("link.log");
@@ -216,7 +198,7 @@ fn symlinked_log_file_rejected() {
 
 #[test]
 fn log_file_of_other_user_rejected() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let log = fixture.path().join("other.log");
     fs::write(&log, "").unwrap();
     std::os::unix::fs::chown(&log, Some(DAEMON.uid), Some(DAEMON.gid)).unwrap();
@@ -227,7 +209,7 @@ fn log_file_of_other_user_rejected() {
 #[test]
 fn log_file_in_group_writable_directory_accepted() {
     // Ubuntu's /var/log is root:syslog with mode 0775.
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let directory = make_dir(&fixture.path().join("shared"), 0o775);
     let log_path = directory.join("broker.log");
     let log_text = log_path.to_string_lossy().to_string();
@@ -242,7 +224,7 @@ fn log_file_in_group_writable_directory_accepted() {
 
 #[test]
 fn log_file_in_world_writable_directory_rejected() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let directory = make_dir(&fixture.path().join("open"), 0o777);
 
     assert_log_file_rejected(&fixture, &directory.join("broker.log"), "writable by");
@@ -251,7 +233,7 @@ fn log_file_in_world_writable_directory_rejected() {
 
 #[test]
 fn log_file_under_unsafe_grandparent_rejected() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let unsafe_parent = make_dir(&fixture.path().join("sticky"), 0o1777);
     let directory = make_dir(&unsafe_parent.join("logs"), 0o755);
 
@@ -260,7 +242,7 @@ fn log_file_under_unsafe_grandparent_rejected() {
 
 #[test]
 fn log_file_in_directory_of_other_user_rejected() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let directory = make_dir(&fixture.path().join("daemon-logs"), 0o755);
     std::os::unix::fs::chown(&directory, Some(DAEMON.uid), Some(DAEMON.gid)).unwrap();
 
@@ -269,7 +251,7 @@ fn log_file_in_directory_of_other_user_rejected() {
 
 #[test]
 fn reopen_names_owner_of_other_users_file() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let broker = Broker::start(&fixture, &[]);
     let log_path = fixture.log_path();
     let rotated = fixture.path().join("broker.log.1");

@@ -108,12 +108,7 @@ const SCRIPTS: &[(&str, &str)] = &[
 const KILL_DELIVERY: Duration = Duration::from_secs(3);
 
 fn policy_fixture() -> Fixture {
-    let fixture = Fixture::new();
-    fixture.write_policy("commands", POLICY);
-    for (name, text) in SCRIPTS {
-        fixture.write_script(name, text);
-    }
-    fixture
+    Fixture::with_commands(POLICY, SCRIPTS)
 }
 
 fn start_default() -> (Fixture, Broker) {

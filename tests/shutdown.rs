@@ -46,10 +46,7 @@ const SCRIPT: &str =
 const RUNNING: usize = 6;
 
 fn policy_fixture() -> Fixture {
-    let fixture = Fixture::new();
-    fixture.write_policy("commands", POLICY);
-    fixture.write_script("sleep-then-exit", SCRIPT);
-    fixture
+    Fixture::with_commands(POLICY, &[("sleep-then-exit", SCRIPT)])
 }
 
 /// Starts one client per token that runs `sleep-then-exit` for `seconds`, and waits until

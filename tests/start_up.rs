@@ -13,16 +13,9 @@ use std::time::Duration;
 use secure_socket::config::Config;
 
 use common::{
-    Broker, Fixture, WWW_DATA, broker_arguments, run_broker_to_exit, run_client_as, wait_for,
+    Broker, EXIT_CONFIG, Fixture, WWW_DATA, broker_arguments, run_broker_to_exit, run_client_as,
+    wait_for,
 };
-
-const POLICY: &str = r#"
-[command.greet]
-script = "@FIXTURE@/scripts/greet"
-run_as = "nobody"
-allow_users = ["www-data"]
-capture_output = true
-"#;
 
 /// A policy with two errors: a misspelt key and a missing script.
 const BROKEN_POLICY: &str = r#"
@@ -33,22 +26,11 @@ allow_users = ["www-data"]
 timeout_sec = 5
 "#;
 
-/// Exit status of a start refused for its parameters, its policy or the files and users
-/// they name (EX_CONFIG).
-const EXIT_CONFIG: i32 = 78;
-
 /// Exit status of a start that failed for another reason.
 const EXIT_START_FAILED: i32 = 1;
 
 /// A uid with no entry in /etc/passwd on the test machine.
 const UID_WITHOUT_USER: u32 = 4242;
-
-fn fixture_with_policy() -> Fixture {
-    let fixture = Fixture::new();
-    fixture.write_policy("greet", POLICY);
-    fixture.write_script("greet", "#!/bin/sh\necho hello\n");
-    fixture
-}
 
 /// Counts the lines of `text` that contain `pattern`.
 fn count(text: &str, pattern: &str) -> usize {
@@ -114,7 +96,7 @@ fn policy_error_with_log_file_reaches_both() {
 
 #[test]
 fn start_error_shows_cause_chain_once() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     // The broker creates the socket directory, but not the directories above it.
     let socket_path = fixture.path().join("missing/run/broker.sock");
     let socket_path = socket_path.display().to_string();
@@ -163,7 +145,7 @@ fn regular_file(fixture: &Fixture) -> String {
 
 #[test]
 fn socket_path_below_file_is_config_error() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let file = regular_file(&fixture);
     let socket_path = format!("{file}/sub/broker.sock");
 
@@ -172,7 +154,7 @@ fn socket_path_below_file_is_config_error() {
 
 #[test]
 fn missing_policy_dir_is_config_error() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let policy_dir = fixture
         .path()
         .join("missing/policy.d")
@@ -184,7 +166,7 @@ fn missing_policy_dir_is_config_error() {
 
 #[test]
 fn policy_dir_file_is_config_error() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let policy_dir = regular_file(&fixture);
 
     assert_config_failure(&fixture, &[("policy_dir", &policy_dir)], &policy_dir);
@@ -192,7 +174,7 @@ fn policy_dir_file_is_config_error() {
 
 #[test]
 fn unusable_log_file_path_is_config_error() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let in_missing_directory = fixture.path().join("missing/broker.log");
     let below_file = format!("{}/broker.log", regular_file(&fixture));
 
@@ -206,7 +188,7 @@ fn unusable_log_file_path_is_config_error() {
 
 #[test]
 fn syslog_socket_below_file_is_config_error() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let syslog_socket = format!("{}/log", regular_file(&fixture));
 
     assert_config_failure(
@@ -221,7 +203,7 @@ fn syslog_socket_below_file_is_config_error() {
 
 #[test]
 fn syslog_socket_file_is_config_error() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let syslog_socket = regular_file(&fixture);
 
     assert_config_failure(
@@ -236,7 +218,7 @@ fn syslog_socket_file_is_config_error() {
 
 #[test]
 fn uid_limit_above_max_is_config_error() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
 
     assert_config_failure(
         &fixture,
@@ -250,7 +232,7 @@ fn uid_limit_above_max_is_config_error() {
 
 #[test]
 fn invalid_parameter_exits_with_config_status() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let arguments = broker_arguments(&fixture, &[("max_connections", "0")]);
 
     let output = run_broker_to_exit(&arguments);
@@ -266,7 +248,7 @@ fn invalid_parameter_exits_with_config_status() {
 
 #[test]
 fn unknown_user_exits_with_config_status() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let arguments = broker_arguments(&fixture, &[("unprivileged_user", "no-such-user")]);
 
     let output = run_broker_to_exit(&arguments);
@@ -281,7 +263,7 @@ fn unknown_user_exits_with_config_status() {
 
 #[test]
 fn unreachable_syslog_exits_with_start_failure() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let missing = fixture.path().join("no-syslog.sock").display().to_string();
     let arguments = broker_arguments(
         &fixture,
@@ -304,7 +286,7 @@ fn unreachable_syslog_exits_with_start_failure() {
 
 #[test]
 fn authorised_peer_uid_sets_socket_group() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let uid = WWW_DATA.uid.to_string();
     let _broker = Broker::start(
         &fixture,
@@ -324,7 +306,7 @@ fn authorised_peer_uid_sets_socket_group() {
 
 #[test]
 fn authorised_peer_uid_without_user_warns() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     let uid = UID_WITHOUT_USER.to_string();
     let _broker = Broker::start(&fixture, &[("authorised_peer_uid", &uid)]);
 
@@ -401,7 +383,7 @@ fn check_policy_usage_error_exits_64() {
 
 #[test]
 fn broken_stderr_keeps_serving_and_stopping() {
-    let fixture = fixture_with_policy();
+    let fixture = Fixture::with_greet();
     // A pipe whose reader is gone: every write to the broker's stderr fails with EPIPE.
     let (reader, writer) = nix::unistd::pipe().unwrap();
     drop(reader);

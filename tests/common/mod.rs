@@ -102,7 +102,36 @@ pub struct Fixture {
     client_binary: OnceCell<PathBuf>,
 }
 
+/// A policy with one command, `greet`, that www-data may run and that prints `hello`.
+pub const GREET_POLICY: &str = r#"
+[command.greet]
+script = "@FIXTURE@/scripts/greet"
+run_as = "nobody"
+allow_users = ["www-data"]
+capture_output = true
+"#;
+
+/// Exit status of a broker start rejected for its parameters, its policy or the files and
+/// users they name (EX_CONFIG from sysexits.h).
+pub const EXIT_CONFIG: i32 = 78;
+
 impl Fixture {
+    /// Creates a fixture with [`GREET_POLICY`] and its script.
+    pub fn with_greet() -> Fixture {
+        Fixture::with_commands(GREET_POLICY, &[("greet", "#!/bin/sh\necho hello\n")])
+    }
+
+    /// Creates a fixture whose policy file `commands` holds `policy`, with each
+    /// `(name, text)` of `scripts` written as a script.
+    pub fn with_commands(policy: &str, scripts: &[(&str, &str)]) -> Fixture {
+        let fixture = Fixture::new();
+        fixture.write_policy("commands", policy);
+        for (name, text) in scripts {
+            fixture.write_script(name, text);
+        }
+        fixture
+    }
+
     pub fn new() -> Fixture {
         require_root();
 
