@@ -19,9 +19,8 @@ use std::thread;
 use serde_json::{Value, json};
 
 use common::{
-    BINARY_SCRIPT, BINARY_STDERR, BINARY_STDOUT, Broker, CLIENT_TIMEOUT, FLOOD_SCRIPT, Fixture,
-    ProcessOutput, WWW_DATA, command_as, json_reply_parameters, run_client_as, spawn,
-    spawn_with_stdin,
+    BINARY_STDERR, BINARY_STDOUT, Broker, CLIENT_TIMEOUT, Fixture, ProcessOutput, WWW_DATA,
+    command_as, json_reply_parameters, run_client_as, spawn, spawn_with_stdin,
 };
 use secure_socket::protocol::base64;
 
@@ -39,13 +38,6 @@ type = "string"
 pattern = "[a-z]+"
 max_length = 16
 
-[command.binary]
-description = "Print bytes that are not UTF-8 on both streams"
-script = "@FIXTURE@/scripts/binary"
-run_as = "nobody"
-allow_users = ["www-data"]
-capture_output = true
-
 [command.split-character]
 description = "Print five bytes, of which the limit keeps half of the last character"
 script = "@FIXTURE@/scripts/split-character"
@@ -53,14 +45,6 @@ run_as = "nobody"
 allow_users = ["www-data"]
 capture_output = true
 output_limit = 4
-
-[command.flood]
-description = "Print 64 bytes on each stream, above the limit of 16"
-script = "@FIXTURE@/scripts/flood"
-run_as = "nobody"
-allow_users = ["www-data"]
-capture_output = true
-output_limit = 16
 
 [command.exit-with]
 description = "Exit with the given code"
@@ -158,10 +142,9 @@ impl Setup {
     fn start_with(params: &[(&str, &str)]) -> Setup {
         let fixture = Fixture::new();
         fixture.write_policy("commands", POLICY);
+        fixture.write_output_commands();
         fixture.write_script("greet", GREET_SCRIPT);
-        fixture.write_script("binary", BINARY_SCRIPT);
         fixture.write_script("split-character", SPLIT_CHARACTER_SCRIPT);
-        fixture.write_script("flood", FLOOD_SCRIPT);
         fixture.write_script("exit-with", EXIT_WITH_SCRIPT);
         fixture.write_script("self-kill", SELF_KILL_SCRIPT);
         fixture.write_script("sleep", SLEEP_SCRIPT);

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use common::{
-    BINARY_SCRIPT, BINARY_STDERR, BINARY_STDOUT, Broker, DAEMON, FLOOD_SCRIPT, Fixture,
-    ProcessOutput, User, WWW_DATA, command_as, spawn,
+    BINARY_STDERR, BINARY_STDOUT, Broker, DAEMON, Fixture, ProcessOutput, User, WWW_DATA,
+    command_as, spawn,
 };
 use secure_socket::protocol::base64;
 
@@ -53,21 +53,6 @@ capture_output = true
 type = "integer"
 min = 0
 max = 100
-
-[command.binary]
-description = "Print bytes that are not UTF-8 on both streams"
-script = "@FIXTURE@/scripts/binary"
-run_as = "nobody"
-allow_users = ["www-data"]
-capture_output = true
-
-[command.flood]
-description = "Print 64 bytes on each stream, above the limit of 16"
-script = "@FIXTURE@/scripts/flood"
-run_as = "nobody"
-allow_users = ["www-data"]
-capture_output = true
-output_limit = 16
 
 [command.two-lines]
 description = """
@@ -145,10 +130,9 @@ impl Setup {
         );
         let fixture = Fixture::new();
         fixture.write_policy("commands", POLICY);
+        fixture.write_output_commands();
         fixture.write_script("greet", GREET_SCRIPT);
         fixture.write_script("exit-with", EXIT_WITH_SCRIPT);
-        fixture.write_script("binary", BINARY_SCRIPT);
-        fixture.write_script("flood", FLOOD_SCRIPT);
         for file in language.files {
             let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
             let name = Path::new(file).file_name().unwrap().to_str().unwrap();

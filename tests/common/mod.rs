@@ -102,6 +102,24 @@ pub struct Fixture {
     client_binary: OnceCell<PathBuf>,
 }
 
+/// The commands of [`Fixture::write_output_commands`].
+const OUTPUT_POLICY: &str = r#"
+[command.binary]
+description = "Print bytes that are not UTF-8 on both streams"
+script = "@FIXTURE@/scripts/binary"
+run_as = "nobody"
+allow_users = ["www-data"]
+capture_output = true
+
+[command.flood]
+description = "Print 64 bytes on each stream, above the limit of 16"
+script = "@FIXTURE@/scripts/flood"
+run_as = "nobody"
+allow_users = ["www-data"]
+capture_output = true
+output_limit = 16
+"#;
+
 /// A policy with one command, `greet`, that www-data may run and that prints `hello`.
 pub const GREET_POLICY: &str = r#"
 [command.greet]
@@ -119,6 +137,14 @@ impl Fixture {
     /// Creates a fixture with [`GREET_POLICY`] and its script.
     pub fn with_greet() -> Fixture {
         Fixture::with_commands(GREET_POLICY, &[("greet", "#!/bin/sh\necho hello\n")])
+    }
+
+    /// Writes the policy file `output` with the commands `binary` ([`BINARY_SCRIPT`]) and
+    /// `flood` ([`FLOOD_SCRIPT`], output_limit 16), and their scripts.
+    pub fn write_output_commands(&self) {
+        self.write_policy("output", OUTPUT_POLICY);
+        self.write_script("binary", BINARY_SCRIPT);
+        self.write_script("flood", FLOOD_SCRIPT);
     }
 
     /// Creates a fixture whose policy file `commands` holds `policy`, with each
