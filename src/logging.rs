@@ -124,7 +124,7 @@ pub fn init(config: &Config) -> Result<(), LoggingError> {
         LogDestination::Stderr => {
             // Colour only for a person at a terminal. Under systemd stderr is the journal.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            install_lines(level, format, || LossyStderr(std::io::stderr()), ansi)
+            install_lines(level, format, StderrLines, ansi)
         }
         LogDestination::File => {
             let Some(path) = config.log_file.as_deref() else {
@@ -272,6 +272,82 @@ struct LogFile {
     file: Mutex<File>,
     /// Set while writes to the file fail, so that stderr hears of a failure streak once.
     failing: AtomicBool,
+}
+
+/// Lines that may wait for the stderr worker before new ones are dropped.
+const STDERR_QUEUE_LINES: usize = 4096;
+
+/// The stderr worker's writer, once [`start_stderr_worker`] has run.
+static STDERR_QUEUE: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
+
+/// The stderr worker's guard; dropping it writes the lines still queued.
+static STDERR_WORKER: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = Mutex::new(None);
+
+/// Moves stderr log lines to a worker thread, so that a stderr nobody reads (a full pipe)
+/// drops lines instead of blocking the thread that logged: a session thread blocked there
+/// would leave its client without a reply. Call it after the monitor has restricted its
+/// capabilities, because a thread keeps the capabilities of the thread that started it.
+/// Until then lines are written directly.
+pub fn start_stderr_worker() {
+    if STDERR_QUEUE.get().is_some() {
+        return;
+    }
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(STDERR_QUEUE_LINES)
+        .thread_name("log-writer")
+        .finish(LossyStderr(std::io::stderr()));
+    if STDERR_QUEUE.set(writer).is_ok() {
+        *STDERR_WORKER
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(guard);
+    }
+}
+
+/// Writes the log lines still queued for stderr, waiting at most about a second. Call it
+/// before the process exits.
+pub fn flush() {
+    let guard = STDERR_WORKER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    drop(guard);
+}
+
+/// Stderr lines: through the worker once it runs, directly before.
+struct StderrLines;
+
+impl<'writer> MakeWriter<'writer> for StderrLines {
+    type Writer = StderrLine;
+
+    fn make_writer(&'writer self) -> StderrLine {
+        match STDERR_QUEUE.get() {
+            Some(queue) => StderrLine::Queued(queue.clone()),
+            None => StderrLine::Direct(LossyStderr(std::io::stderr())),
+        }
+    }
+}
+
+/// One event's writer for [`StderrLines`].
+enum StderrLine {
+    Queued(tracing_appender::non_blocking::NonBlocking),
+    Direct(LossyStderr),
+}
+
+impl Write for StderrLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match self {
+            StderrLine::Queued(queue) => queue.write(bytes),
+            StderrLine::Direct(stderr) => stderr.write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            StderrLine::Queued(queue) => queue.flush(),
+            StderrLine::Direct(stderr) => stderr.flush(),
+        }
+    }
 }
 
 /// Standard error as a log destination. A failed write loses the line and reports

@@ -133,13 +133,15 @@ fn run_broker(args: &[String]) -> ExitCode {
         return start_failure(error.is_configuration());
     }
     let events_reach_stderr = logging::events_reach_stderr(config.log_destination);
-    match monitor::run(config, activated) {
+    let status = match monitor::run(config, activated) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             report_monitor_error(&error, events_reach_stderr);
             start_failure(error.is_configuration())
         }
-    }
+    };
+    logging::flush();
+    status
 }
 
 /// Logs a failed start, and prints it to stderr as well unless the log already goes

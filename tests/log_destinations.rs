@@ -812,3 +812,23 @@ fn syslog_stream_socket_stops_start() {
     assert!(output.stderr.contains(&path), "{}", output.describe());
     assert!(!fixture.socket_path().exists());
 }
+
+#[test]
+fn syslog_daemon_not_reading_does_not_stall_requests() {
+    let fixture = fixture_with_policy();
+    let path = fixture.path().join("syslog");
+    // Bound but never read: its receive queue fills after net.unix.max_dgram_qlen lines.
+    let _stalled = UnixDatagram::bind(&path).unwrap();
+    let socket = path.to_string_lossy().to_string();
+    let params = [
+        ("log_file", ""),
+        ("log_destination", "syslog"),
+        ("syslog_socket", socket.as_str()),
+        ("verbosity", "debug"),
+    ];
+    let _broker = Broker::start(&fixture, &params);
+
+    for _ in 0..40 {
+        call_greet(&fixture, "alice", &[]);
+    }
+}

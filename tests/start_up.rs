@@ -399,3 +399,26 @@ fn broken_stderr_keeps_serving_and_stopping() {
     let status = broker.terminate();
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[test]
+fn full_stderr_keeps_serving_and_stopping() {
+    let fixture = Fixture::with_greet();
+    // A pipe that nobody reads: once its buffer (64 KiB) is full, a blocking write waits.
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    let params = [
+        ("log_file", ""),
+        ("log_destination", "stderr"),
+        ("verbosity", "debug"),
+    ];
+    let mut broker = Broker::start_with_command(&fixture, &params, &[], |command| {
+        command.stderr(std::process::Stdio::from(writer));
+    });
+
+    for _ in 0..120 {
+        let output = run_client_as(&fixture, WWW_DATA, &["call", "greet"]);
+        assert_eq!(output.code(), Some(0), "{}", output.describe());
+    }
+    let status = broker.terminate();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(reader);
+}

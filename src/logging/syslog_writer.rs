@@ -65,6 +65,9 @@ impl SyslogMakeWriter {
 fn connect_logger(socket_path: &Path) -> std::io::Result<Logger<LoggerBackend, Rfc3164Formatter>> {
     let socket = UnixDatagram::unbound()?;
     socket.connect(socket_path)?;
+    // A daemon that stops reading must not stall the thread that logs: a full receive
+    // queue fails the send with EAGAIN, and the line is counted as lost.
+    socket.set_nonblocking(true)?;
     let formatter = Rfc3164Formatter {
         process: IDENTIFIER.to_string(),
         pid: std::process::id(),
@@ -206,11 +209,10 @@ impl Connection {
     /// Sends a line: cut when it is too long for one datagram, and after one reconnect
     /// when the socket fails otherwise, for example because the daemon restarted. A line
     /// that still fails is counted as lost and reported on stderr.
-    // NOTE: the send blocks while the daemon's receive queue is full, and the lock makes
-    // every other thread that logs wait too, as syslog(3) would.
     fn send(&mut self, severity: Severity, line: &str) {
         let result = match self.send_once(severity, line) {
             Err(error) if is_too_long(&error) => self.send_once(severity, &cut(line)),
+            Err(error) if is_queue_full(&error) => Err(error),
             Err(_) => match connect_logger(&self.socket_path) {
                 Ok(logger) => {
                     self.logger = logger;
@@ -249,6 +251,16 @@ impl Connection {
     fn send_once(&mut self, severity: Severity, line: &str) -> Result<(), syslog::Error> {
         let Logger { formatter, backend } = &mut self.logger;
         formatter.format(backend, severity, line)
+    }
+}
+
+/// Returns whether a send failed because the daemon's receive queue is full.
+fn is_queue_full(error: &syslog::Error) -> bool {
+    match error {
+        syslog::Error::Write(error) | syslog::Error::Io(error) => {
+            error.kind() == std::io::ErrorKind::WouldBlock
+        }
+        syslog::Error::Initialization(_) => false,
     }
 }
 

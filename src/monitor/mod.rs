@@ -475,6 +475,7 @@ pub fn run(config: Config, activated: Option<ActivatedSocket>) -> Result<(), Mon
     }
     sandbox::restrict_monitor_capabilities(&script_capabilities, capability_needs.full_bounding)?;
     tracing::debug!(?capability_needs, "monitor capabilities restricted");
+    crate::logging::start_stderr_worker();
 
     // Clients can connect only from here on, so none ever meets a monitor that still
     // has its start-up privileges.
