@@ -255,3 +255,25 @@ fn activation_without_descriptor_is_rejected() {
         "stderr: {stderr}"
     );
 }
+
+#[test]
+fn activated_socket_in_writable_directory_is_rejected() {
+    let (fixture, passed) = fixture_and_stream_socket();
+    let directory = fixture.path().join("open");
+    std::fs::create_dir(&directory).unwrap();
+    std::fs::set_permissions(
+        &directory,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let address = nix::sys::socket::UnixAddr::new(&directory.join("passed.sock")).expect("address");
+    nix::sys::socket::bind(passed.as_raw_fd(), &address).expect("bind");
+    nix::sys::socket::listen(&passed, nix::sys::socket::Backlog::new(4).unwrap()).expect("listen");
+
+    let output = common::spawn(activated_command(&fixture, passed.as_raw_fd()))
+        .finish(std::time::Duration::from_secs(10));
+    let stderr = &output.stderr;
+
+    assert_eq!(output.code(), Some(78), "stderr: {stderr}");
+    assert!(stderr.contains("writable by"), "stderr: {stderr}");
+}

@@ -201,6 +201,10 @@ pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerEr
         ));
     };
     let path = passed_socket_path(unix_address).map_err(reject)?;
+    // The checks of a socket the broker creates itself: another user who can write a
+    // directory above the socket could replace its file and collect the clients' requests.
+    let (directory, _) = split_socket_path(&path)?;
+    open_socket_directory(&directory)?;
     if !getsockopt(&socket, sockopt::AcceptConn).unwrap_or(false) {
         return Err(reject("descriptor 3 is not listening".to_string()));
     }
