@@ -136,17 +136,25 @@ fn activated_socket_that_is_not_listening_is_rejected() {
     assert!(stderr.contains("not listening"), "stderr: {stderr}");
 }
 
+/// Binds `passed` to `address`, listens, and runs the broker with it as descriptor 3. A
+/// broker that accepted the socket would keep running, so it gets a bounded time.
+fn run_with_listening_socket(
+    fixture: &Fixture,
+    passed: &OwnedFd,
+    address: &nix::sys::socket::UnixAddr,
+) -> common::ProcessOutput {
+    nix::sys::socket::bind(passed.as_raw_fd(), address).expect("bind");
+    nix::sys::socket::listen(passed, nix::sys::socket::Backlog::new(4).unwrap()).expect("listen");
+    common::spawn(activated_command(fixture, passed.as_raw_fd()))
+        .finish(std::time::Duration::from_secs(10))
+}
+
 #[test]
 fn activated_abstract_socket_is_rejected() {
     let (fixture, passed) = fixture_and_stream_socket();
     let name = format!("secure_socket-test-{}", std::process::id());
     let address = nix::sys::socket::UnixAddr::new_abstract(name.as_bytes()).expect("address");
-    nix::sys::socket::bind(passed.as_raw_fd(), &address).expect("bind");
-    nix::sys::socket::listen(&passed, nix::sys::socket::Backlog::new(4).unwrap()).expect("listen");
-
-    // A broker that accepted the socket would keep running, so wait a bounded time.
-    let output = common::spawn(activated_command(&fixture, passed.as_raw_fd()))
-        .finish(std::time::Duration::from_secs(10));
+    let output = run_with_listening_socket(&fixture, &passed, &address);
     let stderr = &output.stderr;
 
     assert_eq!(output.code(), Some(78), "stderr: {stderr}");
@@ -267,11 +275,7 @@ fn activated_socket_in_writable_directory_is_rejected() {
     )
     .unwrap();
     let address = nix::sys::socket::UnixAddr::new(&directory.join("passed.sock")).expect("address");
-    nix::sys::socket::bind(passed.as_raw_fd(), &address).expect("bind");
-    nix::sys::socket::listen(&passed, nix::sys::socket::Backlog::new(4).unwrap()).expect("listen");
-
-    let output = common::spawn(activated_command(&fixture, passed.as_raw_fd()))
-        .finish(std::time::Duration::from_secs(10));
+    let output = run_with_listening_socket(&fixture, &passed, &address);
     let stderr = &output.stderr;
 
     assert_eq!(output.code(), Some(78), "stderr: {stderr}");
