@@ -40,6 +40,7 @@ script = "@FIXTURE@/scripts/greet"
 run_as = "nobody"
 allow_users = ["root"]
 argv = ["{name}"]
+stdin_limit = 64
 
 [command.tally.arguments.name]
 type = "string"
@@ -632,4 +633,20 @@ fn introspection_replies_carry_record_id() {
         let record = record_of(&fixture, request_id);
         assert_eq!(record["method"], json!(method), "{record}");
     }
+}
+
+#[test]
+fn run_record_has_stdin_length_only() {
+    let (fixture, broker) = start();
+    let mut connection = broker.connect();
+    let reply = connection.call(
+        "org.securesocket.Broker.Run",
+        json!({ "command": "tally", "arguments": { "name": "bob" }, "stdin": "stdin-text" }),
+    );
+    let request_id = &parameters(&reply)["request_id"];
+    assert!(request_id.is_string(), "reply: {reply}");
+
+    let record = record_of(&fixture, request_id);
+    assert_eq!(record["stdin_bytes"], json!(10), "{record}");
+    assert!(!fixture.log().contains("stdin-text"));
 }

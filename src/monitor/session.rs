@@ -475,6 +475,7 @@ fn handle_exec(
             signal = outcome.signal,
             timed_out = outcome.timed_out,
             duration_ms,
+            stdin_bytes = stdin.len(),
             arguments = logged_arguments.as_str(),
             "request ran"
         ),
@@ -490,6 +491,7 @@ fn handle_exec(
             field = error.field.as_str(),
             rule = %error.rule,
             duration_ms,
+            stdin_bytes = stdin.len(),
             arguments = logged_arguments.as_str(),
             "request rejected"
         ),
