@@ -124,6 +124,7 @@ pub fn init(config: &Config) -> Result<(), LoggingError> {
         LogDestination::Stderr => {
             // Colour only for a person at a terminal. Under systemd stderr is the journal.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            STDERR_IN_USE.store(true, Ordering::Relaxed);
             install_lines(level, format, StderrLines, ansi)
         }
         LogDestination::File => {
@@ -277,6 +278,9 @@ struct LogFile {
 /// Lines that may wait for the stderr worker before new ones are dropped.
 const STDERR_QUEUE_LINES: usize = 4096;
 
+/// Set when the log goes to stderr, the only destination that gets a worker thread.
+static STDERR_IN_USE: AtomicBool = AtomicBool::new(false);
+
 /// The stderr worker's writer, once [`start_stderr_worker`] has run.
 static STDERR_QUEUE: OnceLock<tracing_appender::non_blocking::NonBlocking> = OnceLock::new();
 
@@ -287,9 +291,9 @@ static STDERR_WORKER: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>>
 /// drops lines instead of blocking the thread that logged: a session thread blocked there
 /// would leave its client without a reply. Call it after the monitor has restricted its
 /// capabilities, because a thread keeps the capabilities of the thread that started it.
-/// Until then lines are written directly.
+/// Until then lines are written directly. Does nothing when the log goes elsewhere.
 pub fn start_stderr_worker() {
-    if STDERR_QUEUE.get().is_some() {
+    if !STDERR_IN_USE.load(Ordering::Relaxed) || STDERR_QUEUE.get().is_some() {
         return;
     }
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
