@@ -103,7 +103,7 @@ pub fn main(subcommand: Subcommand, words: &[String]) -> ExitCode {
         Ok(args::Invocation::Request(request)) => request,
         Err(error) => return usage_error(subcommand, &error),
     };
-    // Standard input is read only on request, so that an interactive call never waits
+    // Standard input is read only with --stdin, so an interactive call does not wait
     // for input the user did not mean to send.
     if request.stdin {
         match args::read_stdin(io::stdin().lock(), MAX_STDIN_BYTES) {

@@ -287,9 +287,9 @@ static STDERR_QUEUE: OnceLock<tracing_appender::non_blocking::NonBlocking> = Onc
 /// The stderr worker's guard; dropping it writes the lines still queued.
 static STDERR_WORKER: Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> = Mutex::new(None);
 
-/// Moves stderr log lines to a worker thread, so that a stderr nobody reads (a full pipe)
-/// drops lines instead of blocking the thread that logged: a session thread blocked there
-/// would leave its client without a reply. Call it after the monitor has restricted its
+/// Moves stderr log lines to a worker thread, so that a stderr that no process reads (a
+/// full pipe) drops lines instead of blocking the thread that logged. A session thread
+/// blocked there would leave its client without a reply. Call it after the monitor has restricted its
 /// capabilities, because a thread keeps the capabilities of the thread that started it.
 /// Until then lines are written directly. Does nothing when the log goes elsewhere.
 pub fn start_stderr_worker() {

@@ -13,7 +13,7 @@ use std::path::Path;
 pub(crate) const WRITE_BY_GROUP_OR_OTHERS: u32 = 0o022;
 const WRITE_BY_OTHERS: u32 = 0o002;
 
-/// Who besides root may write a trusted directory.
+/// The writers, besides root, that a trusted directory may have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Writers {
     /// Root alone: the rule for the policy and scripts, which decide what runs as whom.
@@ -36,16 +36,16 @@ pub(crate) fn check_trusted_directory(
     metadata: &Metadata,
     writers: Writers,
 ) -> Option<String> {
-    let shown = path.display();
+    let path_text = path.display();
     if metadata.file_type().is_symlink() {
-        return Some(format!("{shown} is a symbolic link, not a directory"));
+        return Some(format!("{path_text} is a symbolic link, not a directory"));
     }
     if !metadata.is_dir() {
-        return Some(format!("{shown} is not a directory"));
+        return Some(format!("{path_text} is not a directory"));
     }
     if metadata.uid() != 0 {
         return Some(format!(
-            "directory {shown} is owned by uid {}, not by root",
+            "directory {path_text} is owned by uid {}, not by root",
             metadata.uid()
         ));
     }
@@ -70,7 +70,7 @@ pub(crate) fn check_trusted_directory(
             Writers::RootAndGroup => "others",
         };
         return Some(format!(
-            "directory {shown} is writable by {writers} (mode {mode:04o}){sticky}"
+            "directory {path_text} is writable by {writers} (mode {mode:04o}){sticky}"
         ));
     }
     None

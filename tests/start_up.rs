@@ -403,7 +403,8 @@ fn broken_stderr_keeps_serving_and_stopping() {
 #[test]
 fn full_stderr_keeps_serving_and_stopping() {
     let fixture = Fixture::with_greet();
-    // A pipe that nobody reads: once its buffer (64 KiB) is full, a blocking write waits.
+    // A pipe that no process reads. Once its buffer (64 KiB, pipe(7)) is full, a blocking
+    // write waits.
     let (reader, writer) = nix::unistd::pipe().unwrap();
     let params = [
         ("log_file", ""),

@@ -184,7 +184,7 @@ def _parse_arguments(items):
     return arguments
 
 
-def _check_utf8(word, what):
+def _check_utf8(word, kind):
     """Raise ValueError when the command-line word `word` was not valid UTF-8.
 
     Python decodes argv with surrogateescape, so a byte that is not UTF-8 arrives as a
@@ -194,8 +194,8 @@ def _check_utf8(word, what):
     try:
         word.encode("utf-8")
     except UnicodeEncodeError:
-        shown = word.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
-        raise ValueError("invalid %s '%s': not valid UTF-8" % (what, _escape_control(shown))) \
+        escaped = word.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace")
+        raise ValueError("invalid %s '%s': not valid UTF-8" % (kind, _escape_control(escaped))) \
             from None
 
 

@@ -188,9 +188,8 @@ pub fn take_activated(socket_path: &Path) -> Result<Option<Listener>, ListenerEr
     }
     // SAFETY: descriptor 3 is open (checked above) and was passed to this process for it
     // to own under the socket activation protocol. The monitor calls this before it starts
-    // any thread and keeps no file of its own open yet, so no other owner exists; anything
-    // at descriptor 3 that is not a listening unix socket fails the checks below and stops
-    // the start.
+    // any thread and keeps no file of its own open yet, so no other owner exists. Anything
+    // else at descriptor 3 fails the checks below and stops the start.
     let socket = unsafe { OwnedFd::from_raw_fd(LISTEN_FDS_START) };
     let is_stream = getsockopt(&socket, sockopt::SockType).is_ok_and(|t| t == SockType::Stream);
     let address = nix::sys::socket::getsockname::<SockaddrStorage>(socket.as_raw_fd()).ok();

@@ -669,7 +669,7 @@ fn accept_loop(
                 continue;
             }
         }
-        // The signal thread writes one byte and exits; the pipe then stays readable or
+        // The signal thread writes one byte and exits. The pipe then stays readable or
         // hung up, so poll would return at once forever if the loop went on.
         let woken = fds[1].revents().is_some_and(|events| !events.is_empty());
         if woken && !shared.is_shutting_down() {

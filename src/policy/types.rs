@@ -318,7 +318,7 @@ pub enum PermissionError {
     #[error("the peer's executable {} is not in allow_executables", .0.display())]
     ExecutableNotAllowed(PathBuf),
     /// The monitor could not read /proc/PID/exe: the process exited, is not dumpable, or
-    /// holds capabilities the monitor lacks. The kernel clears the dumpable flag when a
+    /// has capabilities the monitor lacks. The kernel clears the dumpable flag when a
     /// process changes its uid, as php-fpm workers do; in both cases only CAP_SYS_PTRACE,
     /// which the monitor does not keep, can read the link.
     #[error(

@@ -84,8 +84,8 @@ pub fn decode(text: &str) -> Result<Vec<u8>, DecodeError> {
         if bits & ((1u32 << missing_bits) - 1) != 0 {
             return Err(DecodeError::NonZeroTrailingBits { offset });
         }
-        let kept = 3 - padding;
-        bytes.extend_from_slice(&bits.to_be_bytes()[1..1 + kept]);
+        let decoded_bytes = 3 - padding;
+        bytes.extend_from_slice(&bits.to_be_bytes()[1..1 + decoded_bytes]);
     }
     Ok(bytes)
 }

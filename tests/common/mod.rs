@@ -147,7 +147,7 @@ impl Fixture {
         self.write_script("flood", FLOOD_SCRIPT);
     }
 
-    /// Creates a fixture whose policy file `commands` holds `policy`, with each
+    /// Creates a fixture whose policy file `commands` contains `policy`, with each
     /// `(name, text)` of `scripts` written as a script.
     pub fn with_commands(policy: &str, scripts: &[(&str, &str)]) -> Fixture {
         let fixture = Fixture::new();
