@@ -167,8 +167,10 @@ impl BootedSystemd {
     /// and waits until it is running.
     fn boot() -> BootedSystemd {
         common::require_root();
-        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("systemd-boot-{}", std::process::id()));
+        // Not below the target directory: a checkout under /tmp, /run or /var/tmp would
+        // vanish behind the private mounts that the init script puts there.
+        let scratch = Path::new("/var/lib")
+            .join(format!("secure_socket-systemd-boot-{}", std::process::id()));
         if scratch.exists() {
             fs::remove_dir_all(&scratch).unwrap();
         }
